@@ -11,7 +11,6 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --upgrade pip >/dev/null
 	$(BIN)/pip install -e '.[test]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)

@@ -1,0 +1,9 @@
+"""contime: continuous-time sequence memory for PyTorch."""
+
+from .bidirectional import BidirectionalLMU
+from .legendre import discretize, impulse_response, legendre_readout, legt_matrices
+from .lmu import LMU, LMUState
+
+__all__ = ["LMU", "LMUState", "BidirectionalLMU", "legt_matrices", "discretize", "impulse_response",
+           "legendre_readout"]
+__version__ = "0.1.0"

@@ -1,0 +1,137 @@
+"""The LMU's hidden part: whatever the user passed as ``hidden_cell``, behind one interface.
+
+Three kinds:
+    "none"         no hidden cell: the output is the memory itself;
+    "feedforward"  a module called as ``cell(input)``, applied at each step;
+    "recurrent"    a module called as ``cell(input, state)`` like ``nn.RNNCell``, ``nn.GRUCell``, ``nn.LSTMCell``;
+                   it returns the new state, either ``h`` or a tuple whose first item is ``h``.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+TORCH_CELLS = (nn.RNNCell, nn.GRUCell, nn.LSTMCell)
+
+
+def cell_kind(cell: nn.Module | None) -> str:
+    """Classify a hidden cell: by type for torch's cells, else by how many arguments its forward takes."""
+    if cell is None:
+        return "none"
+    if not isinstance(cell, nn.Module):
+        raise TypeError(f"hidden_cell must be an nn.Module or None, got {type(cell).__name__}")
+    if isinstance(cell, nn.RNNCellBase):
+        return "recurrent"
+    params = [p for p in inspect.signature(cell.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return "recurrent" if len(params) >= 2 else "feedforward"
+
+
+def cell_output_size(cell: nn.Module, kind: str, in_features: int) -> int:
+    """Size of h: from ``hidden_size`` or ``out_features`` when the cell has one, else from a dry run."""
+    for name in ("hidden_size", "out_features"):
+        size = getattr(cell, name, None)
+        if isinstance(size, int):
+            return size
+    probe = torch.zeros(2, in_features, dtype=next(cell.parameters(), torch.zeros(())).dtype)
+    was_training = cell.training
+    cell.eval()
+    try:
+        with torch.no_grad():
+            out = cell(probe, None) if kind == "recurrent" else cell(probe)
+    finally:
+        cell.train(was_training)
+    h = out[0] if isinstance(out, tuple) else out
+    return int(h.shape[-1])
+
+
+def hidden_of(state):
+    """h from a recurrent cell's state: the state itself, or its first item (LSTM's (h, c))."""
+    return state[0] if isinstance(state, tuple) else state
+
+
+def masked_update(valid: torch.Tensor, new, old):
+    """Keep ``old`` where ``valid`` (batch, 1) is False, for tensors or tuples of tensors; old may be None."""
+    if old is None:
+        return new
+    if isinstance(new, tuple):
+        return tuple(masked_update(valid, n, o) for n, o in zip(new, old))
+    return torch.where(valid, new, old)
+
+
+def _torch_cell_steps(cell: nn.Module, inputs: torch.Tensor, state, lengths: torch.Tensor | None):
+    """Fast path for torch's own cells: the input projection for every step in one matrix product.
+
+    Args:
+        inputs: ``(batch, time, in_features)``; state: as the cell takes it, or None.
+
+    Returns:
+        h for every step ``(batch, time, hidden)`` (held past each length) and the final state.
+    """
+    batch, time, _ = inputs.shape
+    size = cell.hidden_size
+    projected = nn.functional.linear(inputs, cell.weight_ih, cell.bias_ih)  # (batch, time, gates*hidden)
+    w_hh, b_hh = cell.weight_hh, cell.bias_hh
+    is_lstm = isinstance(cell, nn.LSTMCell)
+    if state is None:
+        zeros = inputs.new_zeros(batch, size)
+        state = (zeros, zeros) if is_lstm else zeros
+    outputs = []
+    for t in range(time):
+        h_prev = hidden_of(state)
+        recurrent = nn.functional.linear(h_prev, w_hh, b_hh)
+        gates_x = projected[:, t]
+        if isinstance(cell, nn.RNNCell):
+            pre = gates_x + recurrent
+            new = torch.tanh(pre) if cell.nonlinearity == "tanh" else torch.relu(pre)
+        elif isinstance(cell, nn.GRUCell):
+            xr, xz, xn = gates_x.chunk(3, dim=-1)
+            hr, hz, hn = recurrent.chunk(3, dim=-1)
+            r = torch.sigmoid(xr + hr)
+            z = torch.sigmoid(xz + hz)
+            candidate = torch.tanh(xn + r * hn)
+            new = (1 - z) * candidate + z * h_prev
+        else:
+            i, f, g, o = (gates_x + recurrent).chunk(4, dim=-1)
+            c = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(g)
+            new = (torch.sigmoid(o) * torch.tanh(c), c)
+        if lengths is not None:
+            new = masked_update((t < lengths)[:, None], new, state)
+        state = new
+        outputs.append(hidden_of(state))
+    return torch.stack(outputs, dim=1), state
+
+
+def recurrent_sequence(cell: nn.Module, inputs: torch.Tensor, state, lengths: torch.Tensor | None,
+                       fast: bool = True):
+    """Run a recurrent cell over a whole input sequence.
+
+    Args:
+        inputs: ``(batch, time, in_features)``.
+        state: the cell's state before the first step, or None.
+        lengths: ``(batch,)`` or None; the state stops changing past each length.
+        fast: use the batched input projection for torch's own cells (exact same math).
+
+    Returns:
+        h for every step ``(batch, time, hidden)`` and the final state.
+    """
+    if fast and type(cell) in TORCH_CELLS:
+        return _torch_cell_steps(cell, inputs, state, lengths)
+    outputs = []
+    for t in range(inputs.shape[1]):
+        new = cell(inputs[:, t], state)
+        if lengths is not None:
+            new = masked_update((t < lengths)[:, None], new, state)
+        state = new
+        outputs.append(hidden_of(state))
+    return torch.stack(outputs, dim=1), state
+
+
+def apply_feedforward(cell: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """Apply a feedforward cell to every step at once: ``(batch, time, F)`` -> ``(batch, time, H)``."""
+    batch, time, features = inputs.shape
+    out = cell(inputs.reshape(batch * time, features))
+    return out.reshape(batch, time, -1)

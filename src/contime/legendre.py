@@ -1,0 +1,187 @@
+"""The Legendre delay system (LegT) of the LMU paper, in float64.
+
+The memory m(t) in R^d solves  theta * dm/dt = A m + B u  (Voelker, Kajic, Eliasmith 2019, eq. 1-2):
+
+    A_ij = (2i + 1) * (-1            if i < j
+                       (-1)^(i-j+1)  if i >= j)
+    B_i  = (2i + 1) * (-1)^i
+
+and holds the shifted-Legendre projection of the window u(t - theta'), theta' in [0, theta]:
+
+    u(t - theta') ~= sum_i P~_i(theta' / theta) * m_i(t).
+
+Discrete time, with step ``dt`` (in the same unit as theta):  m_t = A_bar m_{t-1} + B_bar u_t,
+so m_t = sum_{s >= 0} H_s u_{t-s} with the impulse response H_s = A_bar^s B_bar.
+
+Every function here accepts theta as a tensor of shape ``(k,)`` (one time scale per memory
+dimension, or ``k = 1`` shared) and returns matrices batched over that leading axis, so a single
+call discretizes all of them; gradients flow to theta.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.special
+import torch
+
+DISCRETIZERS = ("zoh", "euler", "bilinear")
+
+
+def legt_matrices(order: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Continuous LegT system matrices.
+
+    Returns:
+        A: ``(order, order)`` float64.
+        B: ``(order,)`` float64.
+    """
+    if not isinstance(order, int) or order < 1:
+        raise ValueError(f"order must be an integer >= 1, got {order!r}")
+    i = torch.arange(order, dtype=torch.float64)[:, None]
+    j = torch.arange(order, dtype=torch.float64)[None, :]
+    sign_lower = torch.where(((i - j + 1) % 2) == 0, 1.0, -1.0)  # (-1)^(i-j+1)
+    A = (2 * i + 1) * torch.where(i < j, torch.tensor(-1.0, dtype=torch.float64), sign_lower)
+    k = torch.arange(order, dtype=torch.float64)
+    B = (2 * k + 1) * torch.where(k % 2 == 0, 1.0, -1.0)
+    return A, B
+
+
+def _as_theta(theta) -> torch.Tensor:
+    theta = torch.as_tensor(theta, dtype=torch.float64) if not torch.is_tensor(theta) else theta
+    if theta.ndim == 0:
+        theta = theta.reshape(1)
+    if theta.ndim != 1:
+        raise ValueError(f"theta must be a scalar or a 1-D tensor, got shape {tuple(theta.shape)}")
+    if not torch.is_floating_point(theta):
+        theta = theta.to(torch.float64)
+    if torch.compiler.is_compiling():
+        return theta
+    if not bool(torch.all(theta.detach() > 0)):
+        raise ValueError(f"theta must be > 0, got {theta.detach().cpu().tolist()}")
+    return theta
+
+
+def discretize(order: int, theta, dt: float = 1.0, method: str = "zoh") -> tuple[torch.Tensor, torch.Tensor]:
+    """Discretize the LegT system with step ``dt``.
+
+    Args:
+        order: memory order d.
+        theta: window length(s), scalar or ``(k,)`` tensor (differentiable).
+        dt: time step, same unit as theta.
+        method: ``"zoh"`` (exact for a held input), ``"euler"`` or ``"bilinear"`` (Tustin).
+
+    Returns:
+        A_bar: ``(k, order, order)``, B_bar: ``(k, order)``; float64 unless theta has another float dtype.
+    """
+    if method not in DISCRETIZERS:
+        raise ValueError(f"method must be one of {DISCRETIZERS}, got {method!r}")
+    if not dt > 0:
+        raise ValueError(f"dt must be > 0, got {dt!r}")
+    theta = _as_theta(theta)
+    A, B = legt_matrices(order)
+    A = A.to(device=theta.device, dtype=theta.dtype)
+    B = B.to(device=theta.device, dtype=theta.dtype)
+    scale = (dt / theta)[:, None, None]  # (k, 1, 1)
+    eye = torch.eye(order, dtype=theta.dtype, device=theta.device)
+    if method == "zoh":
+        # expm([[A, B], [0, 0]] * dt / theta) = [[A_bar, B_bar], [0, 1]].
+        aug = torch.zeros(order + 1, order + 1, dtype=theta.dtype, device=theta.device)
+        aug[:order, :order] = A
+        aug[:order, order] = B
+        expm = torch.linalg.matrix_exp(aug * scale)
+        return expm[:, :order, :order], expm[:, :order, order]
+    if method == "euler":
+        return eye + scale * A, scale[:, :, 0] * B
+    # bilinear: (I - dt/(2 theta) A)^-1 (I + dt/(2 theta) A), (I - dt/(2 theta) A)^-1 dt/theta B
+    left = eye - 0.5 * scale * A
+    A_bar = torch.linalg.solve(left, eye + 0.5 * scale * A)
+    B_bar = torch.linalg.solve(left, (scale[:, :, 0] * B).unsqueeze(-1)).squeeze(-1)
+    return A_bar, B_bar
+
+
+def power_sequence(A_bar: torch.Tensor, v: torch.Tensor, length: int) -> torch.Tensor:
+    """``A_bar^s @ v`` for s = 0 .. length-1, by doubling (log2(length) batched products, no loop over s).
+
+    Args:
+        A_bar: ``(k, n, n)``.
+        v: ``(k, n, c)``.
+        length: number of powers L >= 1.
+
+    Returns:
+        ``(k, L, n, c)``.
+    """
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    out = v.unsqueeze(1)
+    power = A_bar
+    while out.shape[1] < length:
+        # out holds powers 0..n-1; power = A_bar^n extends it to 0..2n-1.
+        out = torch.cat([out, power.unsqueeze(1) @ out], dim=1)
+        power = power @ power
+    return out[:, :length]
+
+
+def impulse_response(A_bar: torch.Tensor, B_bar: torch.Tensor, length: int) -> torch.Tensor:
+    """H_s = A_bar^s B_bar for s < length.
+
+    Args:
+        A_bar: ``(k, n, n)``; B_bar: ``(k, n)``.
+
+    Returns:
+        ``(k, length, n)``.
+    """
+    return power_sequence(A_bar, B_bar.unsqueeze(-1), length).squeeze(-1)
+
+
+def impulse_response_length(A_bar: torch.Tensor, B_bar: torch.Tensor, tol: float = 1e-10,
+                            max_length: int = 1 << 22) -> int:
+    """Length L after which the impulse response stays below ``tol`` times its peak.
+
+    "Stays below" is checked on a horizon four times longer than the answer (doubled until the
+    tail beyond L is below tol), so a late bump is not missed. Returns at most ``max_length``.
+    """
+    with torch.no_grad():
+        A64, B64 = A_bar.detach().double(), B_bar.detach().double()
+        horizon = 64
+        while True:
+            H = impulse_response(A64, B64, min(horizon, max_length))  # (k, L, n)
+            size = H.abs().amax(dim=(0, 2))  # (L,)
+            above = torch.nonzero(size > tol * size.max()).flatten()
+            last = int(above[-1]) + 1 if above.numel() else 1
+            if horizon >= max_length:
+                return min(last, max_length)
+            if last * 4 <= horizon:
+                return last
+            horizon *= 4
+
+
+def shifted_legendre(order: int, r) -> torch.Tensor:
+    """Shifted Legendre polynomials P~_i(r) = P_i(2r - 1), i < order.
+
+    Args:
+        r: ``(q,)`` points in [0, 1].
+
+    Returns:
+        ``(q, order)`` float64.
+    """
+    r = np.asarray(r, dtype=np.float64).reshape(-1)
+    values = np.stack([scipy.special.eval_sh_legendre(i, r) for i in range(order)], axis=-1)
+    return torch.from_numpy(values)
+
+
+def legendre_readout(order: int, delays, theta: float) -> torch.Tensor:
+    """Matrix C that decodes u(t - theta') from the memory: u(t - theta'_q) ~= (C @ m(t))_q.
+
+    Args:
+        order: memory order d.
+        delays: ``(q,)`` delays theta' in [0, theta], same unit as theta.
+        theta: the window length.
+
+    Returns:
+        C: ``(q, order)`` float64.
+    """
+    if not theta > 0:
+        raise ValueError(f"theta must be > 0, got {theta!r}")
+    delays = np.asarray(delays, dtype=np.float64).reshape(-1)
+    if np.any(delays < 0) or np.any(delays > theta):
+        raise ValueError(f"delays must lie in [0, theta={theta}], got {delays.tolist()}")
+    return shifted_legendre(order, delays / theta)

@@ -1,0 +1,368 @@
+"""The Legendre Memory Unit layer.
+
+One step of the cell (Voelker et al. 2019, eq. 7-8), for memory dimension j:
+
+    u_t  = x_t W_x + h_{t-1} W_h + m_{t-1} W_m + b          (each term optional)
+    m_t^j = A_bar^j m_{t-1}^j + B_bar^j u_t^j                (the LegT memory, order n per dimension)
+    h_t  = f([m_t, x_t], h_{t-1})                              (the hidden cell; x_t only if input_to_hidden)
+
+When the memory depends only on the input (no hidden_to_memory, no memory_to_memory) it is a linear
+time-invariant filter of u, so it can be computed for all steps at once ("fft", "conv") or, when only the
+last output is needed and the hidden part is feedforward, as a single product ("final"). The plain loop
+("recurrent") is the reference that every other mode is tested against.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from . import hidden as hidden_ops
+from .legendre import DISCRETIZERS, discretize
+from .ops.lmu_memory import linear_memory_conv, linear_memory_fft, linear_memory_final
+from .ops.lmu_memory.common import apply_state_matrix
+
+MODES = ("auto", "recurrent", "fft", "conv", "final")
+
+
+class LMUState(NamedTuple):
+    """State carried between calls.
+
+    memory: ``(batch, memory_d * order)``, flattened with index ``dim * order + k``.
+    hidden: the hidden cell's state: ``(batch, hidden)``, LSTM's ``(h, c)`` tuple, or None without a hidden cell.
+    """
+
+    memory: torch.Tensor
+    hidden: object = None
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def _probability(name: str, value) -> float:
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return float(value)
+
+
+class LMU(nn.Module):
+    """Legendre Memory Unit over a whole sequence.
+
+    Args:
+        input_size: features per step of x.
+        memory_d: number of memory dimensions D (each a separate LegT memory of the given order).
+        order: order n of each memory (Legendre polynomials up to degree n - 1).
+        theta: window length in steps; a number, or a sequence of D numbers (one per memory dimension).
+        hidden_cell: None, a feedforward module, or a recurrent cell (see ``contime.hidden``).
+        hidden_to_memory: feed h_{t-1} into u_t.
+        memory_to_memory: feed m_{t-1} into u_t.
+        input_to_hidden: feed x_t into the hidden cell beside m_t.
+        trainable_theta: learn theta by backprop through the discretization (every mode supports it).
+        discretizer: "zoh", "euler" or "bilinear".
+        input_kernel: project x to the memory's D inputs; if False, x feeds the memory directly
+            (then input_size must equal memory_d).
+        use_bias: add a bias to u.
+        dropout: dropout on x before the memory (one mask per sequence, as in keras).
+        recurrent_dropout: dropout on h_{t-1} before it feeds the memory.
+        return_sequences: return every step's output, else only the last (valid) one.
+        batch_first: x is ``(batch, time, features)``; else ``(time, batch, features)``.
+        mode: "auto", "recurrent", "fft", "conv" or "final".
+        conv_tol: the "conv" mode cuts the impulse response where it stays below this fraction of its peak.
+
+    Shapes:
+        x: ``(batch, time, input_size)``; lengths: ``(batch,)`` ints in [1, time].
+        y: ``(batch, time, output_size)``, or ``(batch, output_size)`` if not return_sequences.
+        output_size is the hidden size, or ``memory_d * order`` without a hidden cell.
+    """
+
+    def __init__(self, input_size: int, memory_d: int, order: int, theta, hidden_cell: nn.Module | None = None, *,
+                 hidden_to_memory: bool = False, memory_to_memory: bool = False, input_to_hidden: bool = False,
+                 trainable_theta: bool = False, discretizer: str = "zoh", input_kernel: bool = True,
+                 use_bias: bool = False, dropout: float = 0.0, recurrent_dropout: float = 0.0,
+                 return_sequences: bool = True, batch_first: bool = True, mode: str = "auto",
+                 conv_tol: float = 1e-10):
+        super().__init__()
+        self.input_size = _positive_int("input_size", input_size)
+        self.memory_d = _positive_int("memory_d", memory_d)
+        self.order = _positive_int("order", order)
+        if discretizer not in DISCRETIZERS:
+            raise ValueError(f"discretizer must be one of {DISCRETIZERS}, got {discretizer!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.discretizer = discretizer
+        self.hidden_kind = hidden_ops.cell_kind(hidden_cell)
+        if self.hidden_kind == "none" and (hidden_to_memory or input_to_hidden):
+            raise ValueError("hidden_to_memory and input_to_hidden need a hidden_cell; hidden_cell is None")
+        if not input_kernel and input_size != memory_d:
+            raise ValueError(f"input_kernel=False feeds x straight into the memory, so input_size ({input_size}) "
+                             f"must equal memory_d ({memory_d})")
+        self.hidden_to_memory = bool(hidden_to_memory)
+        self.memory_to_memory = bool(memory_to_memory)
+        self.input_to_hidden = bool(input_to_hidden)
+        self.return_sequences = bool(return_sequences)
+        self.batch_first = bool(batch_first)
+        self.dropout = _probability("dropout", dropout)
+        self.recurrent_dropout = _probability("recurrent_dropout", recurrent_dropout)
+        self.conv_tol = float(conv_tol)
+
+        self.theta = nn.Parameter(self._theta_tensor(theta), requires_grad=bool(trainable_theta))
+        memory_size = self.memory_d * self.order
+        hidden_in = memory_size + (input_size if self.input_to_hidden else 0)
+        self.hidden_cell = hidden_cell
+        self.output_size = (memory_size if self.hidden_kind == "none"
+                            else hidden_ops.cell_output_size(hidden_cell, self.hidden_kind, hidden_in))
+
+        self.input_kernel = nn.Parameter(torch.empty(input_size, memory_d)) if input_kernel else None
+        self.hidden_kernel = nn.Parameter(torch.empty(self.output_size, memory_d)) if hidden_to_memory else None
+        self.memory_kernel = nn.Parameter(torch.empty(memory_size, memory_d)) if memory_to_memory else None
+        self.bias = nn.Parameter(torch.zeros(memory_d)) if use_bias else None
+        self.reset_parameters()
+
+        self.mode = mode
+        if mode != "auto" and mode not in self.valid_modes():
+            raise ValueError(f"mode={mode!r} is not valid for this configuration; valid modes: {self.valid_modes()}"
+                             + self._why_not_parallel())
+
+    # ----------------------------------------------------------------------------------------- setup
+    def _theta_tensor(self, theta) -> torch.Tensor:
+        values = torch.as_tensor(theta, dtype=torch.float64).reshape(-1).clone()
+        if values.numel() not in (1, self.memory_d):
+            raise ValueError(f"theta must be a number or have memory_d={self.memory_d} values, got {values.numel()}")
+        if not torch.all(torch.isfinite(values) & (values > 0)):
+            raise ValueError(f"theta must be finite and > 0, got {values.tolist()}")
+        return values.to(torch.get_default_dtype())
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform kernels and a zero bias."""
+        for kernel in (self.input_kernel, self.hidden_kernel, self.memory_kernel):
+            if kernel is not None:
+                nn.init.xavier_uniform_(kernel)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def _why_not_parallel(self) -> str:
+        if self.hidden_to_memory or self.memory_to_memory:
+            return " (hidden_to_memory or memory_to_memory makes the memory depend on its own past outputs)"
+        if self.return_sequences:
+            return " ('final' needs return_sequences=False)"
+        return " ('final' needs a feedforward hidden cell or none)"
+
+    def valid_modes(self) -> tuple[str, ...]:
+        """The execution modes that compute this configuration exactly, fastest last."""
+        modes = ["recurrent"]
+        if not (self.hidden_to_memory or self.memory_to_memory):
+            modes += ["conv", "fft"]
+            if not self.return_sequences and self.hidden_kind != "recurrent":
+                modes.append("final")
+        return tuple(modes)
+
+    def resolve_mode(self) -> str:
+        """The mode a forward call will use."""
+        return self.valid_modes()[-1] if self.mode == "auto" else self.mode
+
+    def discretized(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A_bar ``(k, n, n)`` and B_bar ``(k, n)``, k = 1 or memory_d; built in float64, cast to ``dtype``."""
+        A_bar, B_bar = discretize(self.order, self.theta.to(torch.float64), 1.0, self.discretizer)
+        dtype = dtype or self.theta.dtype
+        return A_bar.to(dtype), B_bar.to(dtype)
+
+    # ------------------------------------------------------------------------------------ validation
+    def _check_x(self, x: torch.Tensor, name: str = "x", ndim: int = 3) -> None:
+        if not torch.is_tensor(x):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if not torch.is_floating_point(x):
+            raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
+        if x.ndim != ndim:
+            layout = "(batch, time, input_size)" if self.batch_first else "(time, batch, input_size)"
+            expected = layout if ndim == 3 else "(batch, input_size)"
+            raise ValueError(f"{name} must be {ndim}-D {expected}, got shape {tuple(x.shape)}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"{name} must have input_size={self.input_size} features in its last dimension, "
+                             f"got {x.shape[-1]}")
+        if x.numel() == 0:
+            raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
+        # Data-dependent check: skipped while tracing for torch.compile, where it would split the graph.
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} contains NaN or Inf")
+
+    @staticmethod
+    def _check_lengths(lengths, batch: int, time: int, device) -> torch.Tensor | None:
+        if lengths is None:
+            return None
+        lengths = torch.as_tensor(lengths, device=device)
+        if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.dtype.is_complex:
+            raise TypeError(f"lengths must hold integers, got {lengths.dtype}")
+        if lengths.shape != (batch,):
+            raise ValueError(f"lengths must have shape (batch,)=({batch},), got {tuple(lengths.shape)}")
+        if not torch.compiler.is_compiling() and not bool(((lengths >= 1) & (lengths <= time)).all()):
+            raise ValueError(f"lengths must lie in [1, time={time}], got {lengths.tolist()}")
+        return lengths.long()
+
+    def _check_state(self, state, batch: int, like: torch.Tensor) -> LMUState:
+        memory_size = self.memory_d * self.order
+        if state is None:
+            return LMUState(like.new_zeros(batch, memory_size), None)
+        if not isinstance(state, tuple) or len(state) != 2:
+            raise TypeError("state must be an LMUState (memory, hidden) or a 2-tuple like it, "
+                            f"got {type(state).__name__}")
+        memory, hidden = state
+        if not torch.is_tensor(memory) or memory.shape != (batch, memory_size):
+            got = tuple(memory.shape) if torch.is_tensor(memory) else type(memory).__name__
+            raise ValueError(f"state.memory must have shape (batch, memory_d*order)=({batch}, {memory_size}), "
+                             f"got {got}")
+        if self.hidden_kind == "none" and hidden is not None:
+            raise ValueError("state.hidden must be None when there is no hidden_cell")
+        for part in (hidden if isinstance(hidden, tuple) else (hidden,)):
+            if part is not None and (not torch.is_tensor(part) or part.shape != (batch, self.output_size)):
+                got = tuple(part.shape) if torch.is_tensor(part) else type(part).__name__
+                raise ValueError(f"state.hidden must have shape (batch, hidden)=({batch}, {self.output_size}), "
+                                 f"got {got}")
+        return LMUState(memory.to(like.dtype), hidden)
+
+    # --------------------------------------------------------------------------------------- forward
+    def _dropout_masks(self, batch: int, like: torch.Tensor):
+        """Masks drawn once per call (shared across steps), so every mode sees the same ones."""
+        input_mask = recurrent_mask = None
+        if self.training and self.dropout > 0:
+            input_mask = nn.functional.dropout(like.new_ones(batch, 1, self.input_size), self.dropout)
+        if self.training and self.recurrent_dropout > 0 and self.hidden_to_memory:
+            recurrent_mask = nn.functional.dropout(like.new_ones(batch, self.output_size), self.recurrent_dropout)
+        return input_mask, recurrent_mask
+
+    def _input_drive(self, x: torch.Tensor, input_mask) -> torch.Tensor:
+        """The part of u that comes from x (and the bias): ``(batch, time, memory_d)``."""
+        if input_mask is not None:
+            x = x * input_mask
+        u = x @ self.input_kernel if self.input_kernel is not None else x
+        return u + self.bias if self.bias is not None else u
+
+    def _hidden_input(self, memory: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Input to the hidden cell: ``(..., memory_d*order [+ input_size])``."""
+        return torch.cat([memory, x], dim=-1) if self.input_to_hidden else memory
+
+    def _cell_step(self, x_t, u_x_t, state: LMUState, A_bar, B_bar, recurrent_mask):
+        """One step of the full cell. x_t: (batch, input_size); u_x_t: (batch, memory_d). Returns (y_t, state)."""
+        memory, hidden = state
+        u = u_x_t
+        if self.hidden_to_memory:
+            h_prev = hidden_ops.hidden_of(hidden) if hidden is not None else memory.new_zeros(
+                memory.shape[0], self.output_size)
+            if recurrent_mask is not None:
+                h_prev = h_prev * recurrent_mask
+            u = u + h_prev @ self.hidden_kernel
+        if self.memory_to_memory:
+            u = u + memory @ self.memory_kernel
+        m = memory.reshape(-1, self.memory_d, self.order)
+        m = apply_state_matrix(A_bar, m) + u[..., None] * B_bar
+        memory = m.reshape(-1, self.memory_d * self.order)
+        if self.hidden_kind == "none":
+            return memory, LMUState(memory, None)
+        inp = self._hidden_input(memory, x_t)
+        if self.hidden_kind == "feedforward":
+            h = self.hidden_cell(inp)
+            return h, LMUState(memory, h)
+        hidden = self.hidden_cell(inp, hidden)
+        return hidden_ops.hidden_of(hidden), LMUState(memory, hidden)
+
+    def _forward_recurrent(self, x, u_x, state, A_bar, B_bar, lengths, recurrent_mask):
+        outputs = []
+        for t in range(x.shape[1]):
+            y_t, new = self._cell_step(x[:, t], u_x[:, t], state, A_bar, B_bar, recurrent_mask)
+            if lengths is not None and t > 0:
+                valid = (t < lengths)[:, None]
+                new = LMUState(hidden_ops.masked_update(valid, new.memory, state.memory),
+                               hidden_ops.masked_update(valid, new.hidden, state.hidden))
+            state = new
+            outputs.append(y_t)
+        return torch.stack(outputs, dim=1), state
+
+    def _forward_parallel(self, mode, x, u_x, state, A_bar, B_bar, lengths):
+        batch, time, _ = x.shape
+        m0 = state.memory.reshape(batch, self.memory_d, self.order)
+        if mode == "final":
+            memory = linear_memory_final(u_x, A_bar, B_bar, m0, lengths).reshape(batch, -1)
+            if self.hidden_kind == "none":
+                return memory, LMUState(memory, None)
+            x_last = x[:, -1] if lengths is None else x[torch.arange(batch, device=x.device), lengths - 1]
+            h = self.hidden_cell(self._hidden_input(memory, x_last))
+            return h, LMUState(memory, h)
+        if mode == "fft":
+            memories = linear_memory_fft(u_x, A_bar, B_bar, m0)
+        else:
+            memories = linear_memory_conv(u_x, A_bar, B_bar, m0, self.conv_tol)
+        memories = memories.reshape(batch, time, -1)  # (batch, time, memory_d*order)
+        last = (slice(None), -1) if lengths is None else (torch.arange(batch, device=x.device), lengths - 1)
+        final_memory = memories[last]
+        if self.hidden_kind == "none":
+            return memories, LMUState(final_memory, None)
+        inputs = self._hidden_input(memories, x)
+        if self.hidden_kind == "feedforward":
+            h = hidden_ops.apply_feedforward(self.hidden_cell, inputs)
+            return h, LMUState(final_memory, h[last])
+        h, hidden = hidden_ops.recurrent_sequence(self.hidden_cell, inputs, state.hidden, lengths)
+        return h, LMUState(final_memory, hidden)
+
+    def forward(self, x: torch.Tensor, state: LMUState | tuple | None = None,
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, LMUState]:
+        """Run the LMU over a sequence.
+
+        Args:
+            x: ``(batch, time, input_size)`` (``(time, batch, input_size)`` if not batch_first).
+            state: an ``LMUState`` from a previous call, to continue a sequence; None starts from zeros.
+            lengths: ``(batch,)`` valid steps per sequence for a padded batch. Padding never reaches the
+                state, and outputs at padded steps are zero.
+
+        Returns:
+            y: ``(batch, time, output_size)``, or ``(batch, output_size)`` if not return_sequences
+               (the output at each sequence's last valid step).
+            state: the ``LMUState`` after each sequence's last valid step.
+        """
+        self._check_x(x)
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        batch, time, _ = x.shape
+        lengths = self._check_lengths(lengths, batch, time, x.device)
+        state = self._check_state(state, batch, x)
+        mode = self.resolve_mode()
+        A_bar, B_bar = self.discretized(x.dtype)
+        input_mask, recurrent_mask = self._dropout_masks(batch, x)
+        u_x = self._input_drive(x, input_mask)
+
+        if mode == "recurrent":
+            y, state = self._forward_recurrent(x, u_x, state, A_bar, B_bar, lengths, recurrent_mask)
+        else:
+            y, state = self._forward_parallel(mode, x, u_x, state, A_bar, B_bar, lengths)
+        if mode != "final":  # "final" already returns the last step only
+            if lengths is not None:
+                y = y * (torch.arange(time, device=x.device)[None, :] < lengths[:, None])[..., None].to(y.dtype)
+            if not self.return_sequences:
+                y = y[:, -1] if lengths is None else y[torch.arange(batch, device=x.device), lengths - 1]
+        if self.return_sequences and not self.batch_first:
+            y = y.transpose(0, 1)
+        return y, state
+
+    def step(self, x_t: torch.Tensor, state: LMUState | tuple | None = None) -> tuple[torch.Tensor, LMUState]:
+        """Advance one step, for streaming: x_t ``(batch, input_size)`` -> y_t ``(batch, output_size)``, state.
+
+        Equal to ``forward`` on the sequence, one sample at a time.
+        """
+        self._check_x(x_t, "x_t", ndim=2)
+        state = self._check_state(state, x_t.shape[0], x_t)
+        A_bar, B_bar = self.discretized(x_t.dtype)
+        input_mask, recurrent_mask = self._dropout_masks(x_t.shape[0], x_t)
+        u_x = self._input_drive(x_t[:, None], input_mask)[:, 0]
+        return self._cell_step(x_t, u_x, state, A_bar, B_bar, recurrent_mask)
+
+    def extra_repr(self) -> str:
+        theta = self.theta.detach().cpu().tolist()
+        return (f"input_size={self.input_size}, memory_d={self.memory_d}, order={self.order}, "
+                f"theta={theta[0] if len(theta) == 1 else theta}, hidden={self.hidden_kind}, "
+                f"mode={self.mode!r}, discretizer={self.discretizer!r}")

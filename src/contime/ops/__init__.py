@@ -1,0 +1,1 @@
+"""Fast paths, one folder per operation, each beside its naive reference."""

@@ -1,0 +1,18 @@
+"""The LMU's linear memory m_t = A_bar m_{t-1} + B_bar u_t, computed several ways.
+
+All functions share one contract:
+    u:      (batch, time, D)   input to the memory, one channel per memory dimension
+    A_bar:  (k, n, n)          discretized state matrix, k = 1 (shared) or k = D (one theta per dimension)
+    B_bar:  (k, n)
+    m0:     (batch, D, n) or None, the state before the first step
+and return the memory for every step, (batch, time, D, n), except ``final`` which returns (batch, D, n).
+
+``naive`` is the reference loop; every other path is tested against it.
+"""
+
+from .conv import linear_memory_conv
+from .fft import linear_memory_fft
+from .final import linear_memory_final
+from .naive import linear_memory_naive
+
+__all__ = ["linear_memory_naive", "linear_memory_fft", "linear_memory_conv", "linear_memory_final"]

@@ -1,0 +1,47 @@
+"""Pieces shared by the linear-memory paths."""
+
+from __future__ import annotations
+
+import torch
+
+from ...legendre import power_sequence
+
+
+def apply_state_matrix(A_bar: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """A_bar @ m per memory dimension.
+
+    Args:
+        A_bar: ``(k, n, n)`` with k = 1 or D.
+        m: ``(batch, D, n)``.
+
+    Returns:
+        ``(batch, D, n)``.
+    """
+    if A_bar.shape[0] == 1:
+        return m @ A_bar[0].transpose(0, 1)
+    return torch.einsum("bdm,dnm->bdn", m, A_bar)
+
+
+def zero_input_response(A_bar: torch.Tensor, m0: torch.Tensor, length: int) -> torch.Tensor:
+    """What the initial state contributes at each step: A_bar^(t+1) m0 for t < length.
+
+    Args:
+        A_bar: ``(k, n, n)``; m0: ``(batch, D, n)``.
+
+    Returns:
+        ``(batch, length, D, n)``.
+    """
+    batch, dims, n = m0.shape
+    first = apply_state_matrix(A_bar, m0)  # A_bar m0, the response at t = 0
+    if A_bar.shape[0] == 1:
+        columns = first.reshape(batch * dims, n).transpose(0, 1).unsqueeze(0)  # (1, n, batch*D)
+        seq = power_sequence(A_bar, columns, length)  # (1, T, n, batch*D)
+        return seq[0].reshape(length, n, batch, dims).permute(2, 0, 3, 1)
+    columns = first.permute(1, 2, 0)  # (D, n, batch)
+    seq = power_sequence(A_bar, columns, length)  # (D, T, n, batch)
+    return seq.permute(3, 1, 0, 2)
+
+
+def expand_dims(H: torch.Tensor, dims: int) -> torch.Tensor:
+    """Broadcast a shared impulse response ``(1, L, n)`` to ``(D, L, n)``; leave a per-dimension one alone."""
+    return H.expand(dims, -1, -1) if H.shape[0] == 1 else H
