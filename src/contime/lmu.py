@@ -335,6 +335,11 @@ class LMU(nn.Module):
         A_bar, B_bar = self.discretized(x.dtype)
         input_mask, recurrent_mask = self._dropout_masks(batch, x)
         u_x = self._input_drive(x, input_mask)
+        step_is_valid = None
+        if lengths is not None:
+            step_is_valid = (torch.arange(time, device=x.device)[None, :] < lengths[:, None])[..., None]
+            # Zeroed, not just ignored: in an FFT, padding would otherwise leak in at rounding level.
+            u_x = u_x * step_is_valid.to(u_x.dtype)
 
         if mode == "recurrent":
             y, state = self._forward_recurrent(x, u_x, state, A_bar, B_bar, lengths, recurrent_mask)
@@ -342,7 +347,7 @@ class LMU(nn.Module):
             y, state = self._forward_parallel(mode, x, u_x, state, A_bar, B_bar, lengths)
         if mode != "final":  # "final" already returns the last step only
             if lengths is not None:
-                y = y * (torch.arange(time, device=x.device)[None, :] < lengths[:, None])[..., None].to(y.dtype)
+                y = y * step_is_valid.to(y.dtype)
             if not self.return_sequences:
                 y = y[:, -1] if lengths is None else y[torch.arange(batch, device=x.device), lengths - 1]
         if self.return_sequences and not self.batch_first:

@@ -1,0 +1,184 @@
+"""The LMU's interface: bad input, bidirectional wrapper, hidden-cell fast path, torch.compile, float32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import contime
+from contime import hidden as hidden_ops
+from contime.bidirectional import reverse_padded
+
+
+def small_lmu(**kwargs):
+    return contime.LMU(2, 1, 4, 5.0, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("x, error, match", [
+    (torch.randn(3, 2), ValueError, "x must be 3-D"),
+    (torch.randn(1, 3, 4, 2), ValueError, "x must be 3-D"),
+    (torch.randn(2, 5, 3), ValueError, "input_size=2"),
+    (torch.ones(2, 5, 2, dtype=torch.int64), TypeError, "x must have a floating-point dtype"),
+    (torch.tensor([[[0.0, float("nan")]]]), ValueError, "x contains NaN or Inf"),
+    (torch.tensor([[[float("inf"), 0.0]]]), ValueError, "x contains NaN or Inf"),
+    (torch.zeros(0, 5, 2), ValueError, "x must not be empty"),
+    ([[[0.0, 1.0]]], TypeError, "x must be a torch.Tensor"),
+], ids=["2d", "4d", "feature-size", "int-dtype", "nan", "inf", "empty", "list"])
+def test_bad_x(x, error, match):
+    with pytest.raises(error, match=match):
+        small_lmu()(x)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(theta=0.0), "theta must be finite and > 0"),
+    (dict(theta=-3.0), "theta must be finite and > 0"),
+    (dict(theta=[1.0, 2.0, 3.0]), "theta must be a number or have memory_d=2 values"),
+    (dict(order=0), "order must be >= 1"),
+    (dict(memory_d=0), "memory_d must be >= 1"),
+    (dict(input_size=0), "input_size must be >= 1"),
+    (dict(discretizer="rk4"), "discretizer must be one of"),
+    (dict(mode="fast"), "mode must be one of"),
+    (dict(dropout=1.0), "dropout must be in"),
+    (dict(input_kernel=False), r"input_size \(3\) must equal memory_d \(2\)"),
+    (dict(hidden_to_memory=True), "hidden_to_memory and input_to_hidden need a hidden_cell"),
+    (dict(hidden_cell=nn.RNNCell(8, 4), hidden_to_memory=True, mode="fft"), "mode='fft' is not valid"),
+    (dict(hidden_cell=nn.RNNCell(8, 4), memory_to_memory=True, mode="conv"), "mode='conv' is not valid"),
+    (dict(mode="final"), "mode='final' is not valid"),
+    (dict(hidden_cell=nn.RNNCell(8, 4), return_sequences=False, mode="final"), "mode='final' is not valid"),
+], ids=["theta-zero", "theta-negative", "theta-count", "order", "memory_d", "input_size", "discretizer",
+        "mode-name", "dropout", "input-kernel-size", "hidden-to-memory-without-cell", "fft-with-feedback",
+        "conv-with-feedback", "final-with-sequences", "final-with-rnn"])
+def test_bad_constructor_arguments(kwargs, match):
+    args = dict(input_size=3, memory_d=2, order=4, theta=5.0)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        contime.LMU(args.pop("input_size"), args.pop("memory_d"), args.pop("order"), args.pop("theta"), **args)
+
+
+def test_order_must_be_an_int():
+    with pytest.raises(TypeError, match="order must be an int"):
+        contime.LMU(1, 1, 2.5, 5.0)
+
+
+@pytest.mark.parametrize("lengths, error, match", [
+    (torch.tensor([3]), ValueError, r"lengths must have shape \(batch,\)=\(2,\)"),
+    (torch.tensor([[3, 3]]), ValueError, r"lengths must have shape"),
+    (torch.tensor([3, 0]), ValueError, r"lengths must lie in \[1, time=5\]"),
+    (torch.tensor([3, 6]), ValueError, r"lengths must lie in \[1, time=5\]"),
+    (torch.tensor([3.0, 2.0]), TypeError, "lengths must hold integers"),
+], ids=["too-few", "2d", "zero", "too-long", "float"])
+def test_bad_lengths(lengths, error, match):
+    with pytest.raises(error, match=match):
+        small_lmu()(torch.randn(2, 5, 2), lengths=lengths)
+
+
+def test_bad_state():
+    lmu = contime.LMU(2, 1, 4, 5.0, nn.GRUCell(4, 3))
+    x = torch.randn(2, 5, 2)
+    with pytest.raises(ValueError, match=r"state.memory must have shape \(batch, memory_d\*order\)=\(2, 4\)"):
+        lmu(x, contime.LMUState(torch.zeros(2, 5), None))
+    with pytest.raises(ValueError, match=r"state.hidden must have shape \(batch, hidden\)=\(2, 3\)"):
+        lmu(x, contime.LMUState(torch.zeros(2, 4), torch.zeros(3, 3)))
+    with pytest.raises(TypeError, match="state must be an LMUState"):
+        lmu(x, torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="state.hidden must be None"):
+        small_lmu()(x, contime.LMUState(torch.zeros(2, 4), torch.zeros(2, 4)))
+
+
+def test_bad_step_input():
+    with pytest.raises(ValueError, match=r"x_t must be 2-D \(batch, input_size\)"):
+        small_lmu().step(torch.randn(2, 1, 2))
+
+
+# ------------------------------------------------------------------------------------------ bidirectional
+@pytest.mark.parametrize("batch_first", [True, False], ids=["batch-first", "time-major"])
+def test_bidirectional_is_forward_plus_reversed_backward(batch_first):
+    forward = contime.LMU(2, 2, 4, 6.0, nn.GRUCell(8, 3), batch_first=batch_first).double()
+    bi = contime.BidirectionalLMU(forward).double()
+    lengths = torch.tensor([9, 4])
+    x = torch.randn(2, 9, 2, dtype=torch.float64)
+    x_in = x if batch_first else x.transpose(0, 1)
+    y, (state_f, state_b) = bi(x_in, lengths=lengths)
+    y = y if batch_first else y.transpose(0, 1)
+    assert y.shape == (2, 9, 6) and bi.output_size == 6
+    for b, n in enumerate(lengths.tolist()):
+        seq = x[b:b + 1, :n]
+        as_in = (lambda t: t) if batch_first else (lambda t: t.transpose(0, 1))
+        y_f, _ = bi.forward_lmu(as_in(seq))
+        y_b, s_b = bi.backward_lmu(as_in(seq.flip(1)))
+        torch.testing.assert_close(y[b:b + 1, :n, :3], as_in(y_f), atol=1e-12, rtol=0)
+        torch.testing.assert_close(y[b:b + 1, :n, 3:], as_in(y_b).flip(1), atol=1e-12, rtol=0)
+        torch.testing.assert_close(state_b.memory[b:b + 1], s_b.memory, atol=1e-12, rtol=0)
+        assert torch.all(y[b, n:] == 0)
+    # The backward copy has its own, freshly initialised weights.
+    assert not torch.equal(bi.forward_lmu.input_kernel, bi.backward_lmu.input_kernel)
+
+
+def test_reverse_padded():
+    x = torch.arange(10.0).reshape(2, 5, 1)
+    got = reverse_padded(x, torch.tensor([5, 3]))[..., 0]
+    assert got.tolist() == [[4, 3, 2, 1, 0], [7, 6, 5, 8, 9]]
+
+
+# ---------------------------------------------------------------------------- hidden cells and fast path
+@pytest.mark.parametrize("make_cell", [
+    lambda: nn.RNNCell(6, 4), lambda: nn.RNNCell(6, 4, nonlinearity="relu"), lambda: nn.RNNCell(6, 4, bias=False),
+    lambda: nn.GRUCell(6, 4), lambda: nn.LSTMCell(6, 4), lambda: nn.LSTMCell(6, 4, bias=False),
+], ids=["rnn-tanh", "rnn-relu", "rnn-nobias", "gru", "lstm", "lstm-nobias"])
+def test_torch_cell_fast_path_equals_cell_loop(make_cell):
+    cell = make_cell().double()
+    inputs = torch.randn(3, 11, 6, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([11, 4, 1])
+    results = []
+    for fast in (True, False):
+        h, state = hidden_ops.recurrent_sequence(cell, inputs, None, lengths, fast=fast)
+        loss = (h * torch.linspace(-1, 1, h.numel(), dtype=h.dtype).reshape(h.shape)).sum() + \
+            sum(s.sum() for s in (state if isinstance(state, tuple) else (state,)))
+        grads = torch.autograd.grad(loss, [inputs] + list(cell.parameters()))
+        results.append((h, state, grads))
+    (h1, s1, g1), (h2, s2, g2) = results
+    torch.testing.assert_close(h1, h2, atol=1e-12, rtol=0)
+    torch.testing.assert_close(s1, s2, atol=1e-12, rtol=0)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def test_cell_kind_and_output_size():
+    assert hidden_ops.cell_kind(None) == "none"
+    assert hidden_ops.cell_kind(nn.Linear(3, 2)) == "feedforward"
+    assert hidden_ops.cell_kind(nn.Sequential(nn.Linear(3, 2), nn.ReLU())) == "feedforward"
+    assert hidden_ops.cell_kind(nn.LSTMCell(3, 2)) == "recurrent"
+    assert contime.LMU(1, 1, 3, 4.0, nn.Sequential(nn.Linear(3, 7), nn.ReLU())).output_size == 7  # dry run
+    assert contime.LMU(1, 2, 3, 4.0).output_size == 6
+    with pytest.raises(TypeError, match="hidden_cell must be an nn.Module"):
+        contime.LMU(1, 1, 3, 4.0, hidden_cell=lambda x: x)
+
+
+# --------------------------------------------------------------------------------------- compile, float32
+@pytest.mark.parametrize("mode", ["fft", "recurrent"])
+def test_compiled_layer_equals_eager(mode):
+    torch._dynamo.reset()
+    lmu = contime.LMU(2, 2, 8, 6.0, nn.RNNCell(16, 5), mode=mode, trainable_theta=True,
+                      hidden_to_memory=(mode == "recurrent"))
+    x = torch.randn(3, 10, 2)
+    compiled = torch.compile(lmu)
+    y_eager, s_eager = lmu(x)
+    y_comp, s_comp = compiled(x)
+    torch.testing.assert_close(y_comp, y_eager, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s_comp.memory, s_eager.memory, atol=1e-5, rtol=1e-5)
+    g_eager = torch.autograd.grad(y_eager.square().sum(), lmu.theta)[0]
+    g_comp = torch.autograd.grad(y_comp.square().sum(), lmu.theta)[0]
+    torch.testing.assert_close(g_comp, g_eager, atol=1e-4, rtol=1e-4)
+
+
+def test_float32_fft_memory_against_float64_at_psmnist_scale():
+    """float32 FFT memory against the float64 loop at order 256, theta 784 (DESIGN: about 5e-4 relative)."""
+    lmu = contime.LMU(1, 1, 256, 784.0, mode="fft", input_kernel=False)
+    x = torch.randn(2, 784, 1)
+    y32, _ = lmu(x)
+    lmu64 = contime.LMU(1, 1, 256, 784.0, mode="fft", input_kernel=False).double()
+    y64, _ = lmu64(x.double())
+    rel_rms = ((y32.double() - y64).square().mean().sqrt() / y64.square().mean().sqrt()).item()
+    assert rel_rms < 2e-5, rel_rms
