@@ -14,6 +14,8 @@ import inspect
 import torch
 from torch import nn
 
+from .ops.elman import elman_recurrence
+
 TORCH_CELLS = (nn.RNNCell, nn.GRUCell, nn.LSTMCell)
 
 
@@ -62,6 +64,21 @@ def masked_update(valid: torch.Tensor, new, old):
     return torch.where(valid, new, old)
 
 
+def _elman_steps(cell: nn.RNNCell, inputs: torch.Tensor, state, lengths: torch.Tensor | None):
+    """``nn.RNNCell`` over a sequence through the one-node Elman recurrence. Same contract as below."""
+    batch, time, _ = inputs.shape
+    # Time-major, so each step reads a contiguous (batch, hidden) block.
+    projected = nn.functional.linear(inputs.transpose(0, 1), cell.weight_ih, cell.bias_ih)
+    if cell.bias_hh is not None:
+        projected = projected + cell.bias_hh
+    h0 = inputs.new_zeros(batch, cell.hidden_size) if state is None else state
+    valid = None
+    if lengths is not None:
+        valid = (torch.arange(time, device=inputs.device)[:, None] < lengths[None, :])[..., None]
+    h = elman_recurrence(projected, cell.weight_hh, h0, valid, relu=cell.nonlinearity == "relu")
+    return h.transpose(0, 1), h[-1]
+
+
 def _torch_cell_steps(cell: nn.Module, inputs: torch.Tensor, state, lengths: torch.Tensor | None):
     """Fast path for torch's own cells: the input projection for every step in one matrix product.
 
@@ -73,6 +90,8 @@ def _torch_cell_steps(cell: nn.Module, inputs: torch.Tensor, state, lengths: tor
     """
     batch, time, _ = inputs.shape
     size = cell.hidden_size
+    if isinstance(cell, nn.RNNCell):
+        return _elman_steps(cell, inputs, state, lengths)
     projected = nn.functional.linear(inputs, cell.weight_ih, cell.bias_ih)  # (batch, time, gates*hidden)
     w_hh, b_hh = cell.weight_hh, cell.bias_hh
     is_lstm = isinstance(cell, nn.LSTMCell)
