@@ -9,8 +9,9 @@ Paths timed (all float32, batch 100, length 784, one input, 10-way head on the l
     lstm         nn.LSTM(1, H) with H chosen so its parameter count (with the head) is closest to lmu's.
 
 For each path: forward time (no_grad) and training-step time (zero_grad, forward, loss, backward, Adam step),
-median of --reps repetitions after warm-up. Ratios: training step against lstm, and against the TensorFlow LMU
-training step measured earlier (--tf-ref, 1.29 s on the 2-core CPU box; the aim is a step <= tf_ref / 3).
+median of --reps repetitions after warm-up (fewer for a path whose warm-up shows they would exceed --budget s).
+Ratios: training step against lstm, and against the TensorFlow LMU training step measured earlier (--tf-ref,
+1.29 s on the 2-core CPU box; the aim is a step <= tf_ref / 3).
 Peak memory: torch.cuda.max_memory_allocated on CUDA; on CPU, the peak of the tensor bytes allocated during one
 training step minus those freed, from torch.profiler(profile_memory=True) (memory already live before the step,
 such as parameters and the batch, is not counted).
@@ -126,17 +127,23 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device, warmup: int, reps: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
+def once(fn, device) -> float:
     sync(device)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def timed(fn, device, warmup: int, reps: int, budget: float, first=None) -> list[float]:
+    """Times of ``reps`` calls after ``warmup`` untimed ones (at least one); fewer calls when the last warm-up
+    shows that ``reps`` would take longer than ``budget`` seconds (never fewer than one).
+    ``first``, if given, replaces the first warm-up call (used to measure memory on it)."""
+    t_warm = 0.0
+    for i in range(max(1, warmup)):
+        t_warm = once(first if (i == 0 and first is not None) else fn, device)
+    reps = max(1, min(reps, int(budget / max(t_warm, 1e-9))))
+    return [once(fn, device) for _ in range(reps)]
 
 
 def cpu_peak_bytes(fn) -> int:
@@ -198,10 +205,11 @@ def fmt_x(r):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--reps", type=int, default=5, help="timed repetitions per parallel path (default 5)")
-    ap.add_argument("--recurrent-reps", type=int, default=None,
-                    help="timed repetitions for lmu:recurrent and lstm (default: max(2, reps // 2))")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (default 1)")
+    ap.add_argument("--reps", type=int, default=5, help="timed repetitions per path and phase (default 5)")
+    ap.add_argument("--budget", type=float, default=20.0,
+                    help="seconds per path and phase: slow paths get fewer reps (min 1), judged from the warm-up "
+                         "(default 20)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (default 1, min 1)")
     ap.add_argument("--quick", action="store_true", help="tiny shape, finishes in seconds (checks the script)")
     ap.add_argument("--modes", nargs="*", default=None,
                     help="subset: path names (lmu:fft), models (lmu, plmu, lstm) or modes (recurrent, conv, fft, "
@@ -220,7 +228,6 @@ def main(argv=None):
     device = torch.device(args.device)
     shape = QUICK if args.quick else Shape()
     reps = max(1, args.reps)
-    slow_reps = args.recurrent_reps if args.recurrent_reps is not None else max(2, reps // 2)
     paths = build_paths(shape)
     names = select(paths, args.modes)
     x = torch.rand(shape.batch, shape.length, 1, device=device)  # pixel-like values in [0, 1)
@@ -244,17 +251,20 @@ def main(argv=None):
             model.lmu.mode = mode
         model.train()
         forward, train_step = make_step(model, x, labels)
-        n = slow_reps if name in ("lmu:recurrent", "lstm") else reps
         t0 = time.perf_counter()
-        fwd = timed(forward, device, args.warmup, n)
-        step = timed(train_step, device, args.warmup, n)
-        peak = None if args.no_memory else peak_bytes(train_step, device)
+        fwd = timed(forward, device, args.warmup, reps, args.budget)
+        peak = []  # measured on the first (untimed) warm-up training step
+        measure = None if args.no_memory else (lambda: peak.append(peak_bytes(train_step, device)))
+        step = timed(train_step, device, args.warmup, reps, args.budget, first=measure)
+        peak = peak[0] if peak else None
         results[name] = {"path": name, "model": name.split(":")[0], "mode": mode, "params": n_params(model),
                          "forward_s": statistics.median(fwd), "train_step_s": statistics.median(step),
-                         "forward_all_s": fwd, "train_step_all_s": step, "reps": n, "warmup": args.warmup,
+                         "forward_all_s": fwd, "train_step_all_s": step, "reps": [len(fwd), len(step)],
+                         "warmup": max(1, args.warmup),
                          "peak_bytes": peak}
-        print(f"  {name:14s} forward {fmt_s(results[name]['forward_s']):>10s}  "
-              f"train step {fmt_s(results[name]['train_step_s']):>10s}  ({time.perf_counter() - t0:.1f} s)",
+        print(f"  {name:14s} forward {fmt_s(results[name]['forward_s']):>10s} ({len(fwd)} reps)  "
+              f"train step {fmt_s(results[name]['train_step_s']):>10s} ({len(step)} reps)  "
+              f"[{time.perf_counter() - t0:.1f} s]",
               flush=True)
 
     lstm_step = results.get("lstm", {}).get("train_step_s")
@@ -277,7 +287,7 @@ def main(argv=None):
             for phase in ("forward", "train_step"):
                 f.write(json.dumps({**run, "path": r["path"], "model": r["model"], "mode": r["mode"],
                                     "phase": phase, "median_s": r[f"{phase}_s"], "times_s": r[f"{phase}_all_s"],
-                                    "reps": r["reps"], "warmup": r["warmup"], "params": r["params"],
+                                    "reps": r["reps"][phase == "train_step"], "warmup": r["warmup"], "params": r["params"],
                                     "peak_bytes": r["peak_bytes"] if phase == "train_step" else None,
                                     "vs_lstm": r[f"{'step' if phase == 'train_step' else phase}_vs_lstm"],
                                     "tf_ref_s": args.tf_ref if phase == "train_step" else None,

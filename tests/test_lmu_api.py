@@ -182,3 +182,19 @@ def test_float32_fft_memory_against_float64_at_psmnist_scale():
     y64, _ = lmu64(x.double())
     rel_rms = ((y32.double() - y64).square().mean().sqrt() / y64.square().mean().sqrt()).item()
     assert rel_rms < 2e-5, rel_rms
+
+
+def test_cached_system_follows_theta_changes():
+    """The discretization is reused between calls, but never after theta changes."""
+    lmu = contime.LMU(1, 1, 6, 5.0, input_kernel=False).double()
+    x = torch.randn(2, 12, 1, dtype=torch.float64)
+    first, _ = lmu(x)
+    with torch.no_grad():
+        lmu.theta.fill_(9.0)
+    second, _ = lmu(x)
+    fresh, _ = contime.LMU(1, 1, 6, 9.0, input_kernel=False).double()(x)
+    torch.testing.assert_close(second, fresh, atol=1e-14, rtol=0)
+    assert not torch.allclose(first, second)
+    lmu.load_state_dict({"theta": torch.tensor([5.0], dtype=torch.float64)})
+    third, _ = lmu(x)
+    torch.testing.assert_close(third, first, atol=1e-14, rtol=0)

@@ -122,13 +122,16 @@ def power_sequence(A_bar: torch.Tensor, v: torch.Tensor, length: int) -> torch.T
     """
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
-    out = v.unsqueeze(1)
+    k, n, c = v.shape
+    out = v  # (k, n, s*c + j): columns for powers 0..filled-1, side by side, so each doubling is one product
     power = A_bar
-    while out.shape[1] < length:
-        # out holds powers 0..n-1; power = A_bar^n extends it to 0..2n-1.
-        out = torch.cat([out, power.unsqueeze(1) @ out], dim=1)
+    filled = 1
+    while filled < length:
+        # out holds powers 0..filled-1; power = A_bar^filled extends it to 0..2*filled-1.
+        out = torch.cat([out, power @ out], dim=-1)
         power = power @ power
-    return out[:, :length]
+        filled *= 2
+    return out[:, :, :length * c].reshape(k, n, length, c).permute(0, 2, 1, 3)
 
 
 def impulse_response(A_bar: torch.Tensor, B_bar: torch.Tensor, length: int) -> torch.Tensor:

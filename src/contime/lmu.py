@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import hidden as hidden_ops
-from .legendre import DISCRETIZERS, discretize
+from .legendre import DISCRETIZERS, discretize, impulse_response
 from .ops.lmu_memory import linear_memory_conv, linear_memory_fft, linear_memory_final
 from .ops.lmu_memory.common import apply_state_matrix
 
@@ -127,6 +127,7 @@ class LMU(nn.Module):
         self.reset_parameters()
 
         self.mode = mode
+        self._system_cache: dict = {}
         if mode != "auto" and mode not in self.valid_modes():
             raise ValueError(f"mode={mode!r} is not valid for this configuration; valid modes: {self.valid_modes()}"
                              + self._why_not_parallel())
@@ -173,6 +174,28 @@ class LMU(nn.Module):
         A_bar, B_bar = discretize(self.order, self.theta.to(torch.float64), 1.0, self.discretizer)
         dtype = dtype or self.theta.dtype
         return A_bar.to(dtype), B_bar.to(dtype)
+
+    def _system(self, dtype: torch.dtype, length: int | None):
+        """(A_bar, B_bar, H) for this call; H ``(k, length, n)`` is None when ``length`` is None.
+
+        Reused across calls while theta is unchanged and no gradient to theta is wanted: rebuilding the
+        matrix exponential and the impulse response costs far more than a short forward pass.
+        """
+        cacheable = not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and self.theta.requires_grad)
+        key = (self.theta._version, self.theta.data_ptr(), self.theta.device, dtype, length) if cacheable else None
+        if key is not None and key in self._system_cache:
+            return self._system_cache[key]
+        A_bar, B_bar = self.discretized(dtype)
+        H = None
+        if length is not None:
+            # The power series in float64, cast once: float32 powers drift over long sequences.
+            A64, B64 = (A_bar, B_bar) if dtype == torch.float64 else self.discretized(torch.float64)
+            H = impulse_response(A64, B64, length).to(dtype)
+        if key is not None:
+            if len(self._system_cache) >= 4:
+                self._system_cache.clear()
+            self._system_cache[key] = (A_bar, B_bar, H)
+        return A_bar, B_bar, H
 
     # ------------------------------------------------------------------------------------ validation
     def _check_x(self, x: torch.Tensor, name: str = "x", ndim: int = 3) -> None:
@@ -284,20 +307,20 @@ class LMU(nn.Module):
             outputs.append(y_t)
         return torch.stack(outputs, dim=1), state
 
-    def _forward_parallel(self, mode, x, u_x, state, A_bar, B_bar, lengths):
+    def _forward_parallel(self, mode, x, u_x, state, A_bar, B_bar, H, lengths, starts_at_zero):
         batch, time, _ = x.shape
-        m0 = state.memory.reshape(batch, self.memory_d, self.order)
+        m0 = None if starts_at_zero else state.memory.reshape(batch, self.memory_d, self.order)
         if mode == "final":
-            memory = linear_memory_final(u_x, A_bar, B_bar, m0, lengths).reshape(batch, -1)
+            memory = linear_memory_final(u_x, A_bar, B_bar, m0, lengths, impulse=H).reshape(batch, -1)
             if self.hidden_kind == "none":
                 return memory, LMUState(memory, None)
             x_last = x[:, -1] if lengths is None else x[torch.arange(batch, device=x.device), lengths - 1]
             h = self.hidden_cell(self._hidden_input(memory, x_last))
             return h, LMUState(memory, h)
         if mode == "fft":
-            memories = linear_memory_fft(u_x, A_bar, B_bar, m0)
+            memories = linear_memory_fft(u_x, A_bar, B_bar, m0, impulse=H)
         else:
-            memories = linear_memory_conv(u_x, A_bar, B_bar, m0, self.conv_tol)
+            memories = linear_memory_conv(u_x, A_bar, B_bar, m0, self.conv_tol, impulse=H)
         memories = memories.reshape(batch, time, -1)  # (batch, time, memory_d*order)
         last = (slice(None), -1) if lengths is None else (torch.arange(batch, device=x.device), lengths - 1)
         final_memory = memories[last]
@@ -330,9 +353,10 @@ class LMU(nn.Module):
             x = x.transpose(0, 1)
         batch, time, _ = x.shape
         lengths = self._check_lengths(lengths, batch, time, x.device)
+        starts_at_zero = state is None
         state = self._check_state(state, batch, x)
         mode = self.resolve_mode()
-        A_bar, B_bar = self.discretized(x.dtype)
+        A_bar, B_bar, H = self._system(x.dtype, None if mode == "recurrent" else time)
         input_mask, recurrent_mask = self._dropout_masks(batch, x)
         u_x = self._input_drive(x, input_mask)
         step_is_valid = None
@@ -344,7 +368,7 @@ class LMU(nn.Module):
         if mode == "recurrent":
             y, state = self._forward_recurrent(x, u_x, state, A_bar, B_bar, lengths, recurrent_mask)
         else:
-            y, state = self._forward_parallel(mode, x, u_x, state, A_bar, B_bar, lengths)
+            y, state = self._forward_parallel(mode, x, u_x, state, A_bar, B_bar, H, lengths, starts_at_zero)
         if mode != "final":  # "final" already returns the last step only
             if lengths is not None:
                 y = y * step_is_valid.to(y.dtype)
@@ -361,7 +385,7 @@ class LMU(nn.Module):
         """
         self._check_x(x_t, "x_t", ndim=2)
         state = self._check_state(state, x_t.shape[0], x_t)
-        A_bar, B_bar = self.discretized(x_t.dtype)
+        A_bar, B_bar, _ = self._system(x_t.dtype, None)
         input_mask, recurrent_mask = self._dropout_masks(x_t.shape[0], x_t)
         u_x = self._input_drive(x_t[:, None], input_mask)[:, 0]
         return self._cell_step(x_t, u_x, state, A_bar, B_bar, recurrent_mask)

@@ -5,6 +5,7 @@ All functions share one contract:
     A_bar:  (k, n, n)          discretized state matrix, k = 1 (shared) or k = D (one theta per dimension)
     B_bar:  (k, n)
     m0:     (batch, D, n) or None, the state before the first step
+    impulse: (k, time, n) or None, H_s = A_bar^s B_bar if the caller already has it
 and return the memory for every step, (batch, time, D, n), except ``final`` which returns (batch, D, n).
 
 ``naive`` is the reference loop; every other path is tested against it.

@@ -17,14 +17,15 @@ def truncation_length(H: torch.Tensor, tol: float) -> int:
 
 
 def linear_memory_conv(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor,
-                       m0: torch.Tensor | None = None, tol: float = 1e-10) -> torch.Tensor:
+                       m0: torch.Tensor | None = None, tol: float = 1e-10, *,
+                       impulse: torch.Tensor | None = None) -> torch.Tensor:
     """m_t = sum_{s < L} H_s u_{t-s} (+ A_bar^(t+1) m0), with L cut where H falls below ``tol`` of its peak.
 
     Shapes as in the package docstring. Exact (up to rounding) when L reaches the sequence length.
     """
     batch, time, dims = u.shape
     n = A_bar.shape[-1]
-    H = impulse_response(A_bar, B_bar, time)  # (k, T, n)
+    H = impulse_response(A_bar, B_bar, time) if impulse is None else impulse  # (k, T, n)
     length = truncation_length(H, tol)
     H = expand_dims(H[:, :length], dims)  # (D, L, n)
     # conv1d correlates: out_t = sum_j w_j x_{t-L+1+j}, so the kernel is H reversed in time.

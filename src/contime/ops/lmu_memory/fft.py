@@ -25,10 +25,11 @@ def fft_length(n: int) -> int:
 
 
 def linear_memory_fft(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor,
-                      m0: torch.Tensor | None = None) -> torch.Tensor:
+                      m0: torch.Tensor | None = None, *,
+                      impulse: torch.Tensor | None = None) -> torch.Tensor:
     """Causal convolution m_t = sum_s H_s u_{t-s} (+ A_bar^(t+1) m0) in O(T log T). Shapes as in the package docstring."""
     batch, time, dims = u.shape
-    H = impulse_response(A_bar, B_bar, time)  # (k, T, n)
+    H = impulse_response(A_bar, B_bar, time) if impulse is None else impulse  # (k, T, n)
     n_fft = fft_length(2 * time - 1)  # no circular wrap-around
     U = torch.fft.rfft(u, n=n_fft, dim=1)  # (batch, F, D)
     Hf = torch.fft.rfft(H, n=n_fft, dim=1).permute(1, 0, 2)  # (F, k, n)

@@ -9,7 +9,8 @@ from .common import apply_state_matrix, zero_input_response
 
 
 def linear_memory_final(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor,
-                        m0: torch.Tensor | None = None, lengths: torch.Tensor | None = None) -> torch.Tensor:
+                        m0: torch.Tensor | None = None, lengths: torch.Tensor | None = None, *,
+                        impulse: torch.Tensor | None = None) -> torch.Tensor:
     """m at the last valid step: sum_s H_s u_{len-1-s} (+ A_bar^len m0).
 
     Args:
@@ -20,7 +21,7 @@ def linear_memory_final(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tenso
         ``(batch, D, n)``.
     """
     batch, time, dims = u.shape
-    H = impulse_response(A_bar, B_bar, time)  # (k, T, n)
+    H = impulse_response(A_bar, B_bar, time) if impulse is None else impulse  # (k, T, n)
     if lengths is None:
         reversed_u = u.flip(1)
     else:

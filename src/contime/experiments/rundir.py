@@ -1,0 +1,112 @@
+"""Run directories shared by all experiments.
+
+Every run writes to ``<base>/<experiment>/<timestamp>/`` (base ``runs`` by default):
+
+    config.json    the full configuration of the run
+    metrics.json   {"experiment": str, "config": {...}, "results": [record, ...]}
+    *.png          plots
+
+A record holds at least ``model`` (str), ``params`` (trainable parameter count), ``metric`` (its name, e.g.
+"mse"), ``value``, ``seconds_per_epoch`` (null when nothing is trained) and ``epochs``; experiments add
+their own keys (e.g. ``T`` and ``delay``). JSON files are written atomically: to a temporary file in the
+same folder, then ``os.replace``, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RESULT_KEYS = ("model", "params", "metric", "value", "seconds_per_epoch", "epochs")
+
+
+def create_run_dir(experiment: str, base_dir: str | os.PathLike = "runs",
+                   timestamp: str | None = None) -> Path:
+    """Create and return a fresh ``base_dir/experiment/timestamp`` folder.
+
+    Args:
+        experiment: experiment name, a single path component (e.g. "delay").
+        base_dir: parent of all runs.
+        timestamp: folder name; default the local time as ``YYYYmmdd-HHMMSS``. If that folder already
+            exists (two runs in the same second), ``-1``, ``-2``, ... is appended.
+    """
+    if not isinstance(experiment, str) or not experiment or Path(experiment).name != experiment \
+            or experiment in (".", ".."):
+        raise ValueError(f"experiment must be a non-empty name without path separators, got {experiment!r}")
+    stamp = timestamp or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    parent = Path(base_dir) / experiment
+    parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1000):
+        path = parent / (stamp if attempt == 0 else f"{stamp}-{attempt}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise RuntimeError(f"could not create a fresh run folder under {parent} for timestamp {stamp}")
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented, strict JSON (NaN and Inf are refused with ValueError), atomically."""
+    path = Path(path)
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def result_record(model: str, params: int, metric: str, value: float, *, seconds_per_epoch: float | None = None,
+                  epochs: int = 0, **extra: Any) -> dict[str, Any]:
+    """One entry of ``metrics.json``'s results; ``extra`` keys (e.g. ``T=1000``) follow the required ones."""
+    record = {"model": str(model), "params": int(params), "metric": str(metric), "value": float(value),
+              "seconds_per_epoch": None if seconds_per_epoch is None else float(seconds_per_epoch),
+              "epochs": int(epochs)}
+    record.update(extra)
+    return record
+
+
+def _check_results(results) -> list[dict[str, Any]]:
+    if not isinstance(results, (list, tuple)):
+        raise TypeError(f"results must be a list of dicts, got {type(results).__name__}")
+    for i, record in enumerate(results):
+        if not isinstance(record, dict):
+            raise TypeError(f"results[{i}] must be a dict, got {type(record).__name__}")
+        missing = [key for key in RESULT_KEYS if key not in record]
+        if missing:
+            raise ValueError(f"results[{i}] lacks the keys {missing}; every record needs {list(RESULT_KEYS)}")
+        value = record["value"]
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"results[{i}]['value'] must be finite, got {value}")
+    return list(results)
+
+
+def write_config(run_dir: str | os.PathLike, config: dict[str, Any]) -> Path:
+    """Write ``run_dir/config.json``."""
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    return write_json_atomic(Path(run_dir) / "config.json", config)
+
+
+def write_metrics(run_dir: str | os.PathLike, experiment: str, config: dict[str, Any],
+                  results: list[dict[str, Any]]) -> Path:
+    """Write ``run_dir/metrics.json`` as ``{"experiment", "config", "results"}`` after checking each record."""
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    payload = {"experiment": str(experiment), "config": config, "results": _check_results(results)}
+    return write_json_atomic(Path(run_dir) / "metrics.json", payload)
