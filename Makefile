@@ -10,8 +10,13 @@ $(BIN)/python:
 	@$(PYTHON) -c 'import venv' 2>/dev/null || (apt-get update && apt-get install -y python3-venv)
 	$(PYTHON) -m venv $(VENV)
 
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install -e '.[test,data]'
+	@# Fashion-MNIST comes as a Debian package; without apt (or as non-root) only `--dataset fashion` is affected.
+	@test -f $(FASHION) || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
+		|| echo "warning: could not install dataset-fashion-mnist; 'contime run psmnist --dataset fashion' needs it"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
