@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 .PHONY: demo test bench install clean
 
 $(BIN)/python:
-	@$(PYTHON) -c 'import venv' 2>/dev/null || (apt-get update && apt-get install -y python3-venv)
-	$(PYTHON) -m venv $(VENV)
+	@command -v $(PYTHON) >/dev/null || (apt-get update && apt-get install -y python3 python3-venv)
+	$(PYTHON) -m venv $(VENV) || (rm -rf $(VENV) && apt-get update && apt-get install -y python3-venv \
+		&& $(PYTHON) -m venv $(VENV))
 
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 

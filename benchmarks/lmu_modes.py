@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -135,13 +136,12 @@ def once(fn, device) -> float:
     return time.perf_counter() - start
 
 
-def timed(fn, device, warmup: int, reps: int, budget: float, first=None) -> list[float]:
-    """Times of ``reps`` calls after ``warmup`` untimed ones (at least one); fewer calls when the last warm-up
-    shows that ``reps`` would take longer than ``budget`` seconds (never fewer than one).
-    ``first``, if given, replaces the first warm-up call (used to measure memory on it)."""
+def timed(fn, device, warmup: int, reps: int, budget: float) -> list[float]:
+    """Times of ``reps`` calls after ``warmup`` untimed ones (at least one); fewer calls (never fewer than one)
+    when the last warm-up shows that ``reps`` would take longer than ``budget`` seconds."""
     t_warm = 0.0
-    for i in range(max(1, warmup)):
-        t_warm = once(first if (i == 0 and first is not None) else fn, device)
+    for _ in range(max(1, warmup)):
+        t_warm = once(fn, device)
     reps = max(1, min(reps, int(budget / max(t_warm, 1e-9))))
     return [once(fn, device) for _ in range(reps)]
 
@@ -195,6 +195,19 @@ def profile_step(name, fn, device, rows: int):
     print(prof.key_averages().table(sort_by=sort, row_limit=rows))
 
 
+def git_revision() -> str | None:
+    """The library's commit, with "+dirty" when src/ has uncommitted changes (the numbers depend on it)."""
+    try:
+        root = Path(__file__).resolve().parent.parent
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def fmt_s(t):
     return "-" if t is None else (f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.3f} s")
 
@@ -240,9 +253,10 @@ def main(argv=None):
            "card": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "dtype": "float32",
            "quick": args.quick, "shape": dataclasses.asdict(shape), "command": " ".join(sys.argv),
-           "loadavg_start": os.getloadavg()[0]}  # other processes on the box skew CPU timings
-    print(f"torch {run['torch']}, {run['device']} ({run['card'] or platform.machine()}), "
-          f"{run['threads']} threads, load average {run['loadavg_start']:.2f}, shape {dataclasses.asdict(shape)}")
+           "git": git_revision(),
+           "loadavg": os.getloadavg()[0]}  # before we start: other processes on the box skew CPU timings
+    print(f"contime {run['git']}, torch {run['torch']}, {run['device']} ({run['card'] or platform.machine()}), "
+          f"{run['threads']} threads, load average {run['loadavg']:.2f}, shape {dataclasses.asdict(shape)}")
 
     results = {}
     for name in names:
@@ -253,10 +267,8 @@ def main(argv=None):
         forward, train_step = make_step(model, x, labels)
         t0 = time.perf_counter()
         fwd = timed(forward, device, args.warmup, reps, args.budget)
-        peak = []  # measured on the first (untimed) warm-up training step
-        measure = None if args.no_memory else (lambda: peak.append(peak_bytes(train_step, device)))
-        step = timed(train_step, device, args.warmup, reps, args.budget, first=measure)
-        peak = peak[0] if peak else None
+        peak = None if args.no_memory else peak_bytes(train_step, device)  # also an untimed warm-up
+        step = timed(train_step, device, args.warmup, reps, args.budget)
         results[name] = {"path": name, "model": name.split(":")[0], "mode": mode, "params": n_params(model),
                          "forward_s": statistics.median(fwd), "train_step_s": statistics.median(step),
                          "forward_all_s": fwd, "train_step_all_s": step, "reps": [len(fwd), len(step)],
@@ -276,9 +288,10 @@ def main(argv=None):
         r["speedup_vs_tf"] = args.tf_ref / r["train_step_s"]  # > 1: faster than the TensorFlow LMU
         r["meets_aim"] = r["train_step_s"] <= aim
 
-    run["loadavg_end"] = os.getloadavg()[0]
     print_table(results, args.tf_ref, aim, paths)
-    print(f"load average at the end {run['loadavg_end']:.2f} (above ~0.5 means other work shared the CPU)")
+    if device.type == "cpu" and run["loadavg"] > 0.5:
+        print(f"warning: load average {run['loadavg']:.2f} before the run: other work shares the CPU, "
+              "so these times are inflated")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -287,7 +300,8 @@ def main(argv=None):
             for phase in ("forward", "train_step"):
                 f.write(json.dumps({**run, "path": r["path"], "model": r["model"], "mode": r["mode"],
                                     "phase": phase, "median_s": r[f"{phase}_s"], "times_s": r[f"{phase}_all_s"],
-                                    "reps": r["reps"][phase == "train_step"], "warmup": r["warmup"], "params": r["params"],
+                                    "reps": r["reps"][phase == "train_step"], "warmup": r["warmup"],
+                                    "params": r["params"],
                                     "peak_bytes": r["peak_bytes"] if phase == "train_step" else None,
                                     "vs_lstm": r[f"{'step' if phase == 'train_step' else phase}_vs_lstm"],
                                     "tf_ref_s": args.tf_ref if phase == "train_step" else None,
