@@ -64,59 +64,56 @@ def masked_update(valid: torch.Tensor, new, old):
     return torch.where(valid, new, old)
 
 
-def _elman_steps(cell: nn.RNNCell, inputs: torch.Tensor, state, lengths: torch.Tensor | None):
-    """``nn.RNNCell`` over a sequence through the one-node Elman recurrence. Same contract as below."""
-    batch, time, _ = inputs.shape
+def _elman_steps(cell: nn.RNNCell, projected: torch.Tensor, state, lengths: torch.Tensor | None):
+    """``nn.RNNCell`` through the one-node Elman recurrence. Same contract as ``torch_cell_sequence``."""
+    batch, time, _ = projected.shape
     # Time-major, so each step reads a contiguous (batch, hidden) block.
-    projected = nn.functional.linear(inputs.transpose(0, 1), cell.weight_ih, cell.bias_ih)
+    projected = projected.transpose(0, 1)
     if cell.bias_hh is not None:
         projected = projected + cell.bias_hh
-    h0 = inputs.new_zeros(batch, cell.hidden_size) if state is None else state
+    h0 = projected.new_zeros(batch, cell.hidden_size) if state is None else state
     valid = None
     if lengths is not None:
-        valid = (torch.arange(time, device=inputs.device)[:, None] < lengths[None, :])[..., None]
-    h = elman_recurrence(projected, cell.weight_hh, h0, valid, relu=cell.nonlinearity == "relu")
+        valid = (torch.arange(time, device=projected.device)[:, None] < lengths[None, :])[..., None]
+    h = elman_recurrence(projected.contiguous(), cell.weight_hh, h0, valid, relu=cell.nonlinearity == "relu")
     return h.transpose(0, 1), h[-1]
 
 
-def _torch_cell_steps(cell: nn.Module, inputs: torch.Tensor, state, lengths: torch.Tensor | None):
-    """Fast path for torch's own cells: the input projection for every step in one matrix product.
+def torch_cell_sequence(cell: nn.Module, projected: torch.Tensor, state, lengths: torch.Tensor | None):
+    """Run one of torch's own cells over a sequence whose input projection is already computed.
 
     Args:
-        inputs: ``(batch, time, in_features)``; state: as the cell takes it, or None.
+        cell: ``nn.RNNCell``, ``nn.GRUCell`` or ``nn.LSTMCell``.
+        projected: ``(batch, time, gates*hidden)``, ``inputs @ cell.weight_ih.T + cell.bias_ih``.
+        state: as the cell takes it, or None.
+        lengths: ``(batch,)`` or None; the state stops changing past each length.
 
     Returns:
         h for every step ``(batch, time, hidden)`` (held past each length) and the final state.
     """
-    batch, time, _ = inputs.shape
-    size = cell.hidden_size
     if isinstance(cell, nn.RNNCell):
-        return _elman_steps(cell, inputs, state, lengths)
-    projected = nn.functional.linear(inputs, cell.weight_ih, cell.bias_ih)  # (batch, time, gates*hidden)
+        return _elman_steps(cell, projected, state, lengths)
+    batch, time, _ = projected.shape
     w_hh, b_hh = cell.weight_hh, cell.bias_hh
     is_lstm = isinstance(cell, nn.LSTMCell)
     if state is None:
-        zeros = inputs.new_zeros(batch, size)
+        zeros = projected.new_zeros(batch, cell.hidden_size)
         state = (zeros, zeros) if is_lstm else zeros
     outputs = []
     for t in range(time):
         h_prev = hidden_of(state)
         recurrent = nn.functional.linear(h_prev, w_hh, b_hh)
         gates_x = projected[:, t]
-        if isinstance(cell, nn.RNNCell):
-            pre = gates_x + recurrent
-            new = torch.tanh(pre) if cell.nonlinearity == "tanh" else torch.relu(pre)
-        elif isinstance(cell, nn.GRUCell):
+        if is_lstm:
+            i, f, g, o = (gates_x + recurrent).chunk(4, dim=-1)
+            c = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(g)
+            new = (torch.sigmoid(o) * torch.tanh(c), c)
+        else:  # GRU
             xr, xz, xn = gates_x.chunk(3, dim=-1)
             hr, hz, hn = recurrent.chunk(3, dim=-1)
             r = torch.sigmoid(xr + hr)
             z = torch.sigmoid(xz + hz)
-            candidate = torch.tanh(xn + r * hn)
-            new = (1 - z) * candidate + z * h_prev
-        else:
-            i, f, g, o = (gates_x + recurrent).chunk(4, dim=-1)
-            c = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(g)
-            new = (torch.sigmoid(o) * torch.tanh(c), c)
+            new = (1 - z) * torch.tanh(xn + r * hn) + z * h_prev
         if lengths is not None:
             new = masked_update((t < lengths)[:, None], new, state)
         state = new
@@ -138,7 +135,8 @@ def recurrent_sequence(cell: nn.Module, inputs: torch.Tensor, state, lengths: to
         h for every step ``(batch, time, hidden)`` and the final state.
     """
     if fast and type(cell) in TORCH_CELLS:
-        return _torch_cell_steps(cell, inputs, state, lengths)
+        projected = nn.functional.linear(inputs, cell.weight_ih, cell.bias_ih)  # one product for all steps
+        return torch_cell_sequence(cell, projected, state, lengths)
     outputs = []
     for t in range(inputs.shape[1]):
         new = cell(inputs[:, t], state)

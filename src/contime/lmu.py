@@ -22,7 +22,7 @@ from torch import nn
 
 from . import hidden as hidden_ops
 from .legendre import DISCRETIZERS, discretize, impulse_response
-from .ops.lmu_memory import linear_memory_conv, linear_memory_fft, linear_memory_final
+from .ops.lmu_memory import linear_memory_conv, linear_memory_fft, linear_memory_final, projected_memory_fft
 from .ops.lmu_memory.common import apply_state_matrix
 
 MODES = ("auto", "recurrent", "fft", "conv", "final")
@@ -317,6 +317,8 @@ class LMU(nn.Module):
             x_last = x[:, -1] if lengths is None else x[torch.arange(batch, device=x.device), lengths - 1]
             h = self.hidden_cell(self._hidden_input(memory, x_last))
             return h, LMUState(memory, h)
+        if mode == "fft" and type(self.hidden_cell) in hidden_ops.TORCH_CELLS:
+            return self._forward_fft_folded(x, u_x, state, A_bar, B_bar, H, m0, lengths)
         if mode == "fft":
             memories = linear_memory_fft(u_x, A_bar, B_bar, m0, impulse=H)
         else:
@@ -331,6 +333,22 @@ class LMU(nn.Module):
             h = hidden_ops.apply_feedforward(self.hidden_cell, inputs)
             return h, LMUState(final_memory, h[last])
         h, hidden = hidden_ops.recurrent_sequence(self.hidden_cell, inputs, state.hidden, lengths)
+        return h, LMUState(final_memory, hidden)
+
+    def _forward_fft_folded(self, x, u_x, state, A_bar, B_bar, H, m0, lengths):
+        """fft mode for torch's RNN cells: the cell's input projection is folded into the convolution,
+        so the (batch, time, memory_d*order) memory is never formed; only its last state is."""
+        batch = x.shape[0]
+        cell = self.hidden_cell
+        memory_size = self.memory_d * self.order
+        weight_memory = cell.weight_ih[:, :memory_size].reshape(-1, self.memory_d, self.order)
+        projected = projected_memory_fft(u_x, A_bar, B_bar, weight_memory, m0, impulse=H)
+        if self.input_to_hidden:
+            projected = projected + x @ cell.weight_ih[:, memory_size:].t()
+        if cell.bias_ih is not None:
+            projected = projected + cell.bias_ih
+        h, hidden = hidden_ops.torch_cell_sequence(cell, projected, state.hidden, lengths)
+        final_memory = linear_memory_final(u_x, A_bar, B_bar, m0, lengths, impulse=H).reshape(batch, -1)
         return h, LMUState(final_memory, hidden)
 
     def forward(self, x: torch.Tensor, state: LMUState | tuple | None = None,

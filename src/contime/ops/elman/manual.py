@@ -1,8 +1,8 @@
 """Elman recurrence as one autograd node.
 
 Autograd over a Python loop records several nodes per step; this records one for the whole sequence.
-The forward loop runs without autograd, and the backward loop does one matrix product per step. The
-weight gradient, a sum over steps, becomes a single matrix product over all steps at the end.
+Each step costs two kernels forward (addmm, tanh) and two backward (mul, addmm); the derivative of the
+activation and the weight gradient, a sum over steps, are computed for all steps at once.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ class _ElmanRecurrence(torch.autograd.Function):
         outputs = torch.empty_like(projected)
         h = h0
         w_t = weight_hh.t()
+        activation = torch.relu if relu else torch.tanh
         for t in range(time):
-            new = torch.addmm(projected[t], h, w_t)
-            new = torch.relu_(new) if relu else torch.tanh_(new)
-            if valid is not None:
-                new = torch.where(valid[t], new, h)
-            outputs[t] = new
+            if valid is None:
+                activation(torch.addmm(projected[t], h, w_t), out=outputs[t])
+            else:
+                outputs[t] = torch.where(valid[t], activation(torch.addmm(projected[t], h, w_t)), h)
             h = outputs[t]
         ctx.save_for_backward(outputs, weight_hh, h0, valid)
         ctx.relu = relu
@@ -32,23 +32,28 @@ class _ElmanRecurrence(torch.autograd.Function):
     def backward(ctx, grad_outputs):
         outputs, weight_hh, h0, valid = ctx.saved_tensors
         time = outputs.shape[0]
+        # d act / d pre-activation for every step at once; a padded step passes nothing through it.
+        local = (outputs > 0).to(outputs.dtype) if ctx.relu else 1 - outputs * outputs
+        if valid is not None:
+            keep = valid.to(outputs.dtype)
+            local = local * keep
+            skip = 1 - keep  # a padded step copies h_{t-1}: its gradient goes straight through
         grad_pre = torch.empty_like(outputs)
-        carry = torch.zeros_like(h0)  # d loss / d h_t from later steps
+        grad_h = grad_outputs[time - 1]  # d loss / d h_t, all paths
         for t in range(time - 1, -1, -1):
-            grad_h = grad_outputs[t] + carry
-            h = outputs[t]
-            local = (h > 0).to(h.dtype) if ctx.relu else 1 - h * h
+            torch.mul(grad_h, local[t], out=grad_pre[t])
+            if t == 0:
+                break
             if valid is None:
-                grad_pre[t] = grad_h * local
-                carry = grad_pre[t] @ weight_hh
+                grad_h = torch.addmm(grad_outputs[t - 1], grad_pre[t], weight_hh)
             else:
-                # A padded step copies h_{t-1}: its gradient passes straight through.
-                keep = valid[t].to(h.dtype)
-                grad_pre[t] = grad_h * local * keep
-                carry = grad_pre[t] @ weight_hh + grad_h * (1 - keep)
+                grad_h = torch.addmm(grad_outputs[t - 1] + grad_h * skip[t], grad_pre[t], weight_hh)
+        grad_h0 = grad_pre[0] @ weight_hh
+        if valid is not None:
+            grad_h0 = grad_h0 + grad_h * skip[0]
         previous = torch.cat([h0.unsqueeze(0), outputs[:-1]], dim=0)
         grad_weight = grad_pre.flatten(0, 1).t() @ previous.flatten(0, 1)
-        return grad_pre, grad_weight, carry, None, None
+        return grad_pre, grad_weight, grad_h0, None, None
 
 
 def elman_recurrence(projected: torch.Tensor, weight_hh: torch.Tensor, h0: torch.Tensor,

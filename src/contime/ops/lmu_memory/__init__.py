@@ -6,14 +6,16 @@ All functions share one contract:
     B_bar:  (k, n)
     m0:     (batch, D, n) or None, the state before the first step
     impulse: (k, time, n) or None, H_s = A_bar^s B_bar if the caller already has it
-and return the memory for every step, (batch, time, D, n), except ``final`` which returns (batch, D, n).
+and return the memory for every step, (batch, time, D, n), except ``final`` which returns (batch, D, n)
+and ``projected_memory_fft`` which returns W m_t, (batch, time, G), without forming m.
 
 ``naive`` is the reference loop; every other path is tested against it.
 """
 
 from .conv import linear_memory_conv
-from .fft import linear_memory_fft
+from .fft import linear_memory_fft, projected_memory_fft
 from .final import linear_memory_final
 from .naive import linear_memory_naive
 
-__all__ = ["linear_memory_naive", "linear_memory_fft", "linear_memory_conv", "linear_memory_final"]
+__all__ = ["linear_memory_naive", "linear_memory_fft", "linear_memory_conv", "linear_memory_final",
+           "projected_memory_fft"]
