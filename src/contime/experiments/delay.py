@@ -20,9 +20,10 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -31,7 +32,7 @@ from .. import __version__
 from ..data.delay import band_limited_noise
 from ..legendre import legendre_readout
 from ..lmu import LMU
-from .rundir import create_run_dir, result_record, write_config, write_metrics
+from .rundir import create_run_dir, parse_ints, result_record, write_config, write_metrics
 
 EXPERIMENT = "delay"
 MODEL = "LMU-0"
@@ -254,3 +255,23 @@ def run_delay(config: DelayConfig, out_dir: str | Path = "runs", console: Consol
                       + ", ".join(f"{x:.3g}" for x in ratios) + "  (< 1: the error does not grow with T)")
     console.print(f"wrote {run_dir}/config.json, metrics.json, mse_vs_delay.png")
     return DelayRun(run_dir, config, per_t, results)
+
+
+def command(
+    quick: bool = typer.Option(False, "--quick", help="T = 100 and 1,000 only; runs in seconds."),
+    order: int = typer.Option(100, "--order", min=1, help="Legendre order of the memory."),
+    t_values: Optional[str] = typer.Option(
+        None, "--t-values", help="Comma-separated steps per window; default 100,1000,10000,100000 (with --quick: 100,1000)."),
+    n_test: int = typer.Option(10, "--n-test", min=10, help="Test sequences per T."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Base random seed."),
+    batch_size: int = typer.Option(0, "--batch-size", min=0,
+                                   help="Sequences per forward call; 0 fits a ~6 GiB memory budget."),
+    out_dir: str = typer.Option("runs", "--out-dir", help="Base folder for run outputs."),
+) -> None:
+    """Delay capacity of the untrained LMU memory (LMU-0) on 10 Hz white noise, T = 100 .. 100,000."""
+    try:
+        config = DelayConfig.preset(quick, order=order, t_values=parse_ints(t_values, "--t-values"),
+                                    n_test=n_test, seed=seed, batch_size=batch_size)
+    except ValueError as err:
+        raise typer.BadParameter(str(err))
+    run_delay(config, out_dir, Console())

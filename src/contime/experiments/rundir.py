@@ -20,7 +20,9 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+import typer
 
 RESULT_KEYS = ("model", "params", "metric", "value", "seconds_per_epoch", "epochs")
 
@@ -110,3 +112,16 @@ def write_metrics(run_dir: str | os.PathLike, experiment: str, config: dict[str,
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
     payload = {"experiment": str(experiment), "config": config, "results": _check_results(results)}
     return write_json_atomic(Path(run_dir) / "metrics.json", payload)
+
+
+def parse_ints(text: Optional[str], name: str) -> Optional[list[int]]:
+    """A comma-separated list of positive integers from a command-line option (None stays None)."""
+    if text is None:
+        return None
+    try:
+        values = [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected a comma-separated list of integers, got {text!r}", param_hint=name)
+    if not values or any(v < 1 for v in values):
+        raise typer.BadParameter(f"expected integers >= 1, got {text!r}", param_hint=name)
+    return values
