@@ -125,3 +125,41 @@ def parse_ints(text: Optional[str], name: str) -> Optional[list[int]]:
     if not values or any(v < 1 for v in values):
         raise typer.BadParameter(f"expected integers >= 1, got {text!r}", param_hint=name)
     return values
+
+
+def open_run_dir(experiment: str, config: dict[str, Any], base_dir: str | os.PathLike = "runs",
+                 resume: bool = False, run_dir: str | os.PathLike | None = None) -> Path:
+    """The folder a run writes to, fresh or resumed, with ``config.json`` written or checked.
+
+    Args:
+        experiment: experiment name.
+        config: the run's configuration (JSON-serialisable).
+        base_dir: parent of all runs.
+        resume: continue the newest run of this experiment under ``base_dir`` (or ``run_dir`` when given);
+            its config.json must equal ``config``, so a resumed run computes what the killed one would have.
+        run_dir: an explicit run folder to continue (implies resume).
+
+    Raises:
+        FileNotFoundError: nothing to resume. ValueError: the stored config differs (names the keys).
+    """
+    if run_dir is None and not resume:
+        path = create_run_dir(experiment, base_dir)
+        write_config(path, config)
+        return path
+    if run_dir is not None:
+        path = Path(run_dir)
+    else:
+        runs = sorted(p for p in (Path(base_dir) / experiment).glob("*") if (p / "config.json").is_file())
+        if not runs:
+            raise FileNotFoundError(f"resume: no run of {experiment!r} with a config.json under {base_dir}")
+        path = runs[-1]
+    stored_file = path / "config.json"
+    if not stored_file.is_file():
+        raise FileNotFoundError(f"run_dir {path} has no config.json to resume from")
+    stored = json.loads(stored_file.read_text())
+    wanted = json.loads(json.dumps(config))  # same JSON normalisation as the stored copy
+    differing = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+    if differing:
+        raise ValueError(f"resume: the configuration differs from the stored run {path} in {differing}; "
+                         "start a new run instead")
+    return path
