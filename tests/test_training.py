@@ -583,3 +583,18 @@ def test_ddp_two_processes_equal_one_process_with_the_combined_batch(tmp_path):
     assert [line.lstrip().startswith("ddp epoch") for line in log.splitlines()].count(True) == 2, log
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
         ["checkpoints", "config.json", "result.json", "history.png"])
+
+
+def test_time_budget_stops_at_an_epoch_boundary(tmp_path):
+    """With a budget of 0 s, the first epoch finishes and no second one starts; the result says so."""
+    from contime.training import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 3), torch.randint(0, 2, (64,))
+    model = torch.nn.Linear(3, 2)
+    config = TrainConfig(epochs=5, batch_size=16, seed=0, quiet=True, device="cpu", time_budget=0.0)
+    result = Trainer(model, config, (x, y), (x, y), (x, y), run_dir=tmp_path / "m", name="m").fit()
+    assert result["epochs"] == 1 and result["epochs_planned"] == 5 and result["stopped_by_time_budget"]
+    assert len(result["history"]) == 1
+    with pytest.raises(ValueError, match="time_budget"):
+        TrainConfig(time_budget=-1.0)

@@ -235,40 +235,6 @@ def load_psmnist(dataset: str, permutation: torch.Tensor, *, data_dir: str | Non
 
 
 # --------------------------------------------------------------------------------------------------- training
-class BudgetTrainer(Trainer):
-    """A ``Trainer`` that stops after the epoch in which the model's time budget ran out.
-
-    The time spent is the training plus validation seconds of the finished epochs, read from the history, so a
-    resumed run counts the epochs done before it was killed. The result then reports the epochs done.
-    """
-
-    def __init__(self, *args, time_budget: float | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.time_budget = time_budget
-        self.stopped_by_budget = False
-
-    def spent_seconds(self, state) -> float:
-        return sum((h.get("seconds") or 0.0) + (h.get("eval_seconds") or 0.0) for h in state.history)
-
-    def _budget_spent(self, state) -> bool:
-        return (self.time_budget is not None and 0 < state.epoch < self.config.epochs and state.batch == 0
-                and self.spent_seconds(state) >= self.time_budget)
-
-    def _stop(self, state, progress) -> None:
-        progress.log(f"{self.name}: time budget of {self.time_budget:g} s used up after epoch {state.epoch} "
-                     f"({self.spent_seconds(state):.1f} s of training and validation); stopping")
-        self.stopped_by_budget = True
-        self.config = self.config.replace(epochs=state.epoch)  # ends fit's loop; the result records it
-
-    def _train_epoch(self, state, progress) -> None:
-        if self._budget_spent(state):  # resumed after the budget ran out, before the result was written
-            self._stop(state, progress)
-            return
-        super()._train_epoch(state, progress)
-        if self._budget_spent(state):
-            self._stop(state, progress)
-
-
 def device_name(device: torch.device) -> str:
     """The GPU's name on CUDA, else the CPU model."""
     if device.type == "cuda":
@@ -384,14 +350,12 @@ def run_psmnist(config: dict[str, Any], *, data_dir: str | None = None, download
         train_config = TrainConfig(
             epochs=config["epochs"], batch_size=config["batch_size"], lr=config["lr"], optimizer="adam",
             schedule="constant", seed=seed, max_steps_per_epoch=config["max_steps_per_epoch"], device=device,
-            quiet=quiet, eval_batch_size=1000 if target.type == "cuda" else 500)
-        trainer = BudgetTrainer(model, train_config, data.train, data.val, data.test, loss="cross_entropy",
-                                metric="accuracy", run_dir=run_path / name, name=name, console=console,
-                                time_budget=config["time_budget"])
+            quiet=quiet, eval_batch_size=1000 if target.type == "cuda" else 500, time_budget=config["time_budget"])
+        trainer = Trainer(model, train_config, data.train, data.val, data.test, loss="cross_entropy",
+                          metric="accuracy", run_dir=run_path / name, name=name, console=console)
         result = trainer.fit(resume=True)
         record = {**result, "label": LABELS[name], "dataset": dataset, "reference": REFERENCES[name],
                   "reference_dataset": "psMNIST", "reference_source": REFERENCE_SOURCES[name],
-                  "epochs_planned": config["epochs"], "stopped_by_time_budget": result["epochs"] < config["epochs"],
                   "device_name": name_of_device, **sizes}
         results.append(record)
         # After every model, so a run cut off later still leaves the finished models' figures.

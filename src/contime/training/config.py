@@ -59,6 +59,8 @@ class TrainConfig:
         autocast: None, "bf16" or "fp16": run forward passes under ``torch.autocast`` with that dtype ("fp16"
             adds a gradient scaler).
         num_workers: DataLoader worker processes for a ``Dataset`` (tensors are indexed directly).
+        time_budget: seconds of training and validation after which no new epoch starts (the epoch under way
+            finishes; the result records the epochs done), or None.
     """
 
     epochs: int = 10
@@ -81,6 +83,7 @@ class TrainConfig:
     drop_last: bool = False
     autocast: str | None = None
     num_workers: int = 0
+    time_budget: float | None = None
 
     def __post_init__(self):
         def need_int(name: str, low: int, allow_none: bool = False):
@@ -147,6 +150,8 @@ class TrainConfig:
         need_bool("drop_last")
         need_choice("autocast", AUTOCAST_DTYPES, allow_none=True)
         need_int("num_workers", 0)
+        if self.time_budget is not None and not (_is_number(self.time_budget) and self.time_budget >= 0):
+            raise ValueError(f"time_budget must be a number >= 0 or None, got {self.time_budget!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``betas`` as a list)."""

@@ -279,7 +279,7 @@ class Trainer:
             if last is not None:
                 progress.log(f"{self.name}: resumed from {last.name} (epoch {state.epoch + 1}, batch {state.batch}"
                              f" of {self.steps_per_epoch})")
-            while state.epoch < self.config.epochs:
+            while state.epoch < self.config.epochs and not self._out_of_time(state, progress):
                 self._train_epoch(state, progress)
             barrier(self.dist)
             return self._finish(state, progress)
@@ -288,6 +288,19 @@ class Trainer:
     def _log(self, message: str) -> None:
         if self.is_main:
             self.console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+    def _out_of_time(self, state: TrainState, progress: TrainProgress) -> bool:
+        """True at an epoch boundary once the epochs done used up ``time_budget`` (counted from the history,
+        so a resumed run counts the epochs done before it was killed)."""
+        budget = self.config.time_budget
+        if budget is None or state.batch != 0 or state.epoch == 0:
+            return False
+        spent = sum((h.get("seconds") or 0.0) + (h.get("eval_seconds") or 0.0) for h in state.history)
+        if spent < budget:
+            return False
+        progress.log(f"{self.name}: time budget of {budget:g} s used up after epoch {state.epoch} "
+                     f"({spent:.1f} s of training and validation); stopping")
+        return True
 
     def _eval_batch_size(self) -> int:
         return self.config.eval_batch_size or self.config.batch_size
@@ -475,7 +488,8 @@ class Trainer:
         seconds = [h["seconds"] for h in history]
         result = {"model": self.name, "params": count_parameters(self.model), "metric": self.metric.name,
                   "value": value, "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
-                  "epochs": self.config.epochs, "best_epoch": state.best_epoch, "val_value": state.best_value,
+                  "epochs": state.epoch, "epochs_planned": self.config.epochs,
+                  "stopped_by_time_budget": state.epoch < self.config.epochs, "best_epoch": state.best_epoch, "val_value": state.best_value,
                   "test_loss": test_loss,
                   "eval_seconds_per_epoch": sum(h["eval_seconds"] for h in history) / len(history) if history
                   else None,
