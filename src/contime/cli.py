@@ -1,9 +1,14 @@
 """The ``contime`` command line.
 
     contime version
-    contime run delay [--quick] [--order N] [--t-values 100,1000] [--n-test N] [--seed N] [--out-dir runs]
+    contime run delay          LMU-0's delay capacity, T = 100 .. 100,000 (the demo)
+    contime run capacity       LMU-0 beside a trained LSTM and LMU
+    contime run mackey-glass   chaotic time-series prediction: LSTM, LMU, hybrid
+    contime run psmnist        permuted sequential (Fashion-)MNIST
+    contime run theta          learning the time scale by backprop through the discretization
 
-``run`` holds one command per experiment; each writes to ``<out-dir>/<experiment>/<timestamp>/``.
+``run`` holds one command per experiment (``contime run NAME --help`` for its options); each writes to
+``<out-dir>/<experiment>/<timestamp>/``, and ``--quick`` runs a small version of the same code path.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ last output is needed and the hidden part is feedforward, as a single product ("
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch

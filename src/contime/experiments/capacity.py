@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -55,7 +54,7 @@ from ..data.delay import band_limited_noise
 from ..lmu import LMU
 from ..training import TrainConfig, Trainer, count_parameters
 from .delay import DELAY_FRACTIONS, DelayConfig, TResult, delay_steps, evaluate_t, sequence_steps
-from .rundir import open_run_dir, parse_ints, result_record, write_json_atomic, write_metrics
+from .rundir import command_console, open_run_dir, parse_ints, result_record, write_json_atomic, write_metrics
 
 EXPERIMENT = "capacity"
 LMU0, LSTM_NAME, LMU_NAME = "LMU-0", "LSTM", "LMU"
@@ -491,7 +490,7 @@ def command(
             seed=seed)
     except ValueError as err:
         raise typer.BadParameter(str(err))
-    console = Console() if sys.stdout.isatty() else Console(width=132)  # a log file gets the whole table
+    console = command_console()
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

@@ -32,7 +32,7 @@ from .. import __version__
 from ..data.delay import band_limited_noise
 from ..legendre import legendre_readout
 from ..lmu import LMU
-from .rundir import create_run_dir, parse_ints, result_record, write_config, write_metrics
+from .rundir import command_console, create_run_dir, parse_ints, result_record, write_config, write_metrics
 
 EXPERIMENT = "delay"
 MODEL = "LMU-0"
@@ -274,4 +274,4 @@ def command(
                                     n_test=n_test, seed=seed, batch_size=batch_size)
     except ValueError as err:
         raise typer.BadParameter(str(err))
-    run_delay(config, out_dir, Console())
+    run_delay(config, out_dir, command_console())

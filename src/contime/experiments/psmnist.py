@@ -51,7 +51,7 @@ from ..data.mnist import (download_mnist, load_fashion_mnist, load_mnist5k, load
                           psmnist_sequences, split_train_val_test)
 from ..lmu import LMU
 from ..training import TrainConfig, Trainer, count_parameters, resolve_device
-from .rundir import open_run_dir, write_json_atomic, write_metrics
+from .rundir import command_console, open_run_dir, write_json_atomic, write_metrics
 
 EXPERIMENT = "psmnist"
 MODELS = ("lmu", "plmu", "lstm", "lstm-plmu")
@@ -420,7 +420,7 @@ def command(
                     max_steps_per_epoch=config["max_steps_per_epoch"])
     except ValueError as err:
         raise typer.BadParameter(str(err))
-    console = Console()
+    console = command_console()
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

@@ -18,11 +18,13 @@ import datetime as _dt
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.console import Console
 
 RESULT_KEYS = ("model", "params", "metric", "value", "seconds_per_epoch", "epochs")
 
@@ -163,3 +165,9 @@ def open_run_dir(experiment: str, config: dict[str, Any], base_dir: str | os.Pat
         raise ValueError(f"resume: the configuration differs from the stored run {path} in {differing}; "
                          "start a new run instead")
     return path
+
+
+def command_console() -> Console:
+    """The console an experiment command prints to: wide enough for its tables when the output is a log file
+    (rich would otherwise crop them to 80 columns)."""
+    return Console() if sys.stdout.isatty() else Console(width=132)
