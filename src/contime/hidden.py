@@ -66,9 +66,7 @@ def masked_update(valid: torch.Tensor, new, old):
 
 def _elman_steps(cell: nn.RNNCell, projected: torch.Tensor, state, lengths: torch.Tensor | None):
     """``nn.RNNCell`` through the one-node Elman recurrence. Same contract as ``torch_cell_sequence``."""
-    batch, time, _ = projected.shape
-    # Time-major, so each step reads a contiguous (batch, hidden) block.
-    projected = projected.transpose(0, 1)
+    time, batch, _ = projected.shape
     if cell.bias_hh is not None:
         projected = projected + cell.bias_hh
     h0 = projected.new_zeros(batch, cell.hidden_size) if state is None else state
@@ -84,7 +82,8 @@ def torch_cell_sequence(cell: nn.Module, projected: torch.Tensor, state, lengths
 
     Args:
         cell: ``nn.RNNCell``, ``nn.GRUCell`` or ``nn.LSTMCell``.
-        projected: ``(batch, time, gates*hidden)``, ``inputs @ cell.weight_ih.T + cell.bias_ih``.
+        projected: ``(time, batch, gates*hidden)``, ``inputs @ cell.weight_ih.T + cell.bias_ih``, time-major
+            so that each step reads one contiguous block.
         state: as the cell takes it, or None.
         lengths: ``(batch,)`` or None; the state stops changing past each length.
 
@@ -93,7 +92,7 @@ def torch_cell_sequence(cell: nn.Module, projected: torch.Tensor, state, lengths
     """
     if isinstance(cell, nn.RNNCell):
         return _elman_steps(cell, projected, state, lengths)
-    batch, time, _ = projected.shape
+    time, batch, _ = projected.shape
     w_hh, b_hh = cell.weight_hh, cell.bias_hh
     is_lstm = isinstance(cell, nn.LSTMCell)
     if state is None:
@@ -103,7 +102,7 @@ def torch_cell_sequence(cell: nn.Module, projected: torch.Tensor, state, lengths
     for t in range(time):
         h_prev = hidden_of(state)
         recurrent = nn.functional.linear(h_prev, w_hh, b_hh)
-        gates_x = projected[:, t]
+        gates_x = projected[t]
         if is_lstm:
             i, f, g, o = (gates_x + recurrent).chunk(4, dim=-1)
             c = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(g)
@@ -135,7 +134,8 @@ def recurrent_sequence(cell: nn.Module, inputs: torch.Tensor, state, lengths: to
         h for every step ``(batch, time, hidden)`` and the final state.
     """
     if fast and type(cell) in TORCH_CELLS:
-        projected = nn.functional.linear(inputs, cell.weight_ih, cell.bias_ih)  # one product for all steps
+        # One product for all steps, time-major.
+        projected = nn.functional.linear(inputs.transpose(0, 1), cell.weight_ih, cell.bias_ih)
         return torch_cell_sequence(cell, projected, state, lengths)
     outputs = []
     for t in range(inputs.shape[1]):

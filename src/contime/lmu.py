@@ -341,9 +341,13 @@ class LMU(nn.Module):
         cell = self.hidden_cell
         memory_size = self.memory_d * self.order
         weight_memory = cell.weight_ih[:, :memory_size].reshape(-1, self.memory_d, self.order)
-        projected = projected_memory_fft(u_x, A_bar, B_bar, weight_memory, m0, impulse=H)
-        if self.input_to_hidden:
-            projected = projected + x @ cell.weight_ih[:, memory_size:].t()
+        # Time-major: the cell's loop then reads one contiguous (batch, gates) block per step.
+        projected = projected_memory_fft(u_x, A_bar, B_bar, weight_memory, m0, impulse=H).transpose(0, 1)
+        projected = projected.contiguous().view(-1, projected.shape[-1])  # (time*batch, gates)
+        if self.input_to_hidden:  # W_x x_t accumulated into the same buffer by the product itself
+            projected = torch.addmm(projected, x.transpose(0, 1).reshape(-1, self.input_size),
+                                    cell.weight_ih[:, memory_size:].t())
+        projected = projected.view(x.shape[1], x.shape[0], -1)
         if cell.bias_ih is not None:
             projected = projected + cell.bias_ih
         h, hidden = hidden_ops.torch_cell_sequence(cell, projected, state.hidden, lengths)

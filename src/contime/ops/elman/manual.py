@@ -32,6 +32,7 @@ class _ElmanRecurrence(torch.autograd.Function):
     def backward(ctx, grad_outputs):
         outputs, weight_hh, h0, valid = ctx.saved_tensors
         time = outputs.shape[0]
+        grad_outputs = grad_outputs.contiguous()  # often a strided view; each step reads one block
         # d act / d pre-activation for every step at once; a padded step passes nothing through it.
         local = (outputs > 0).to(outputs.dtype) if ctx.relu else 1 - outputs * outputs
         if valid is not None:

@@ -40,40 +40,51 @@ def linear_memory_fft(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor,
 
 
 class _CausalConvFFT(torch.autograd.Function):
-    """out[b, t, g] = sum_{s, d} kernel[s, d, g] u[b, t - s, d], with a backward pass written in the
-    frequency domain: one forward transform of the output gradient serves both input gradients, and the
-    sums over channels and over the batch are matrix products there."""
+    """out[b, g, t] = sum_{s, d} kernel[g, d, s] u[b, d, t - s], time in the last (contiguous) axis so every
+    transform runs in place along memory. The backward pass is written in the frequency domain: one forward
+    transform of the output gradient serves both input gradients."""
 
     @staticmethod
     def forward(ctx, u, kernel):
-        batch, time, dims = u.shape
+        time = u.shape[-1]
         n_fft = fft_length(2 * time - 1)  # no circular wrap-around
-        U = torch.fft.rfft(u, n=n_fft, dim=1)  # (batch, F, D)
-        K = torch.fft.rfft(kernel, n=n_fft, dim=0)  # (F, D, G)
+        U = torch.fft.rfft(u, n=n_fft)  # (batch, D, F)
+        K = torch.fft.rfft(kernel, n=n_fft)  # (G, D, F)
         ctx.save_for_backward(U, K)
         ctx.shape = (time, n_fft)
-        return torch.fft.irfft(_mix(U, K), n=n_fft, dim=1)[:, :time]
+        return torch.fft.irfft(_mix(U, K), n=n_fft)[..., :time]
 
     @staticmethod
     def backward(ctx, grad_out):
         U, K = ctx.saved_tensors
         time, n_fft = ctx.shape
         # Correlation = convolution with the conjugate spectrum; the zero padding keeps it acyclic.
-        GO = torch.fft.rfft(grad_out, n=n_fft, dim=1)  # (batch, F, G)
+        GO = torch.fft.rfft(grad_out, n=n_fft)  # (batch, G, F)
         grad_u = grad_kernel = None
-        if ctx.needs_input_grad[0]:
-            grad_u = torch.fft.irfft(_mix(GO, K.conj().transpose(1, 2)), n=n_fft, dim=1)[:, :time]
-        if ctx.needs_input_grad[1]:
-            spectrum = U.conj().permute(1, 2, 0) @ GO.transpose(0, 1)  # (F, D, batch) @ (F, batch, G)
-            grad_kernel = torch.fft.irfft(spectrum, n=n_fft, dim=0)[:time]
+        if ctx.needs_input_grad[0]:  # sum over g of GO * conj(K): (batch, D, F)
+            spectrum = torch.stack([(GO * K[:, d].conj()).sum(1) for d in range(K.shape[1])], dim=1) \
+                if K.shape[1] <= _FEW_CHANNELS else torch.einsum("bgf,gdf->bdf", GO, K.conj())
+            grad_u = torch.fft.irfft(spectrum, n=n_fft)[..., :time]
+        if ctx.needs_input_grad[1]:  # sum over the batch of GO * conj(U): (G, D, F)
+            spectrum = torch.stack([(GO * U[:, d:d + 1].conj()).sum(0) for d in range(U.shape[1])], dim=1) \
+                if U.shape[1] <= _FEW_CHANNELS else torch.einsum("bgf,bdf->gdf", GO, U.conj())
+            grad_kernel = torch.fft.irfft(spectrum, n=n_fft)[..., :time]
         return grad_u, grad_kernel
 
 
-def _mix(X: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """Per frequency, channels (batch, F, C) times (F, C, G) -> (batch, F, G)."""
-    if K.shape[1] == 1:
-        return X * K[:, 0]
-    return (X.transpose(0, 1) @ K).transpose(0, 1)
+# With few input channels, a loop of broadcast products beats einsum, which batches over frequencies and
+# copies every operand into that layout.
+_FEW_CHANNELS = 8
+
+
+def _mix(U: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Per frequency, (batch, D, F) spectra through (G, D, F) kernels -> (batch, G, F)."""
+    if K.shape[1] > _FEW_CHANNELS:
+        return torch.einsum("bdf,gdf->bgf", U, K)
+    out = U[:, 0:1] * K[:, 0]  # (batch, 1, F) * (G, F)
+    for d in range(1, K.shape[1]):
+        out = out + U[:, d:d + 1] * K[:, d]
+    return out
 
 
 def projected_memory_fft(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor, weight: torch.Tensor,
@@ -89,12 +100,12 @@ def projected_memory_fft(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tens
         weight: ``(G, D, n)``, the projection applied to the memory of each step.
 
     Returns:
-        ``(batch, time, G)``.
+        ``(batch, time, G)``, a view whose storage is time-last ``(batch, G, time)``.
     """
     batch, time, dims = u.shape
     H = impulse_response(A_bar, B_bar, time) if impulse is None else impulse  # (k, T, n)
-    kernel = torch.einsum("gdn,dtn->tdg", weight, expand_dims(H, dims))  # (T, D, G)
-    out = _CausalConvFFT.apply(u, kernel)
+    kernel = torch.einsum("gdn,dtn->gdt", weight, expand_dims(H, dims))  # (G, D, T)
+    out = _CausalConvFFT.apply(u.transpose(1, 2), kernel).transpose(1, 2)
     if m0 is not None:
         out = out + torch.einsum("btdn,gdn->btg", zero_input_response(A_bar, m0, time), weight)
     return out
