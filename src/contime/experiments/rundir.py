@@ -19,12 +19,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from rich.console import Console
+
+from ..training.checkpoint import write_json_atomic  # noqa: F401  (re-exported for the experiments)
 
 RESULT_KEYS = ("model", "params", "metric", "value", "seconds_per_epoch", "epochs")
 
@@ -53,26 +54,6 @@ def create_run_dir(experiment: str, base_dir: str | os.PathLike = "runs",
             continue
         return path
     raise RuntimeError(f"could not create a fresh run folder under {parent} for timestamp {stamp}")
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented, strict JSON (NaN and Inf are refused with ValueError), atomically."""
-    path = Path(path)
-    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 def result_record(model: str, params: int, metric: str, value: float, *, seconds_per_epoch: float | None = None,
