@@ -44,12 +44,7 @@ def _register_experiments() -> None:
     import importlib
 
     for name in EXPERIMENTS:
-        try:
-            module = importlib.import_module(f"contime.experiments.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"contime.experiments.{name}":
-                raise
-            continue  # TODO(issue 3): remove once every experiment module exists
+        module = importlib.import_module(f"contime.experiments.{name}")
         run_app.command(module.EXPERIMENT)(module.command)
 
 

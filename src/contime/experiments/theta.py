@@ -33,7 +33,7 @@ before every step the theta group's learning rate is set to ``lr * theta``, so e
 most about ``lr``. Both starts then need about log(10) / lr steps. ``lr`` follows a cosine decay to
 ``lr * min_lr_ratio``, so theta settles instead of jittering by ``lr`` around the minimum.
 
-    contime run theta            # 2 x 300 steps, about a minute on 2 CPU cores
+    contime run theta            # 2 x 300 steps, about 15 s on 2 CPU cores
     contime run theta --quick    # 2 x 150 steps on a shorter period, seconds
 """
 
@@ -55,7 +55,7 @@ from .. import __version__
 from ..data.delay import band_limited_noise
 from ..legendre import legendre_readout
 from ..lmu import LMU
-from .rundir import open_run_dir, result_record, write_metrics
+from .rundir import command_console, open_run_dir, result_record, write_metrics
 
 EXPERIMENT = "theta"
 STARTS = {"below": 0.1, "above": 10.0}  # initial theta as a multiple of the true delay
@@ -323,7 +323,7 @@ def command(
         check_config(config)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--delay")
-    console = Console()
+    console = command_console()
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
