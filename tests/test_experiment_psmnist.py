@@ -163,7 +163,7 @@ def test_lmu_models_follow_the_papers():
     assert torch.equal(lmu.input_kernel, torch.ones(1, 1))  # e_x = 1
     w = lmu.hidden_cell.weight_hh.detach()
     assert torch.allclose(w @ w.T, torch.eye(212), atol=1e-5)  # orthogonal recurrent weights
-    assert lmu.resolve_mode() == "fft"
+    assert lmu.resolve_mode("cuda") == "fft" and lmu.resolve_mode("cpu") == "recurrent"  # the faster on each
 
     plmu = psmnist.build_model("plmu").lmu
     assert (plmu.order, float(plmu.theta), plmu.output_size) == (468, 784.0, 346)
