@@ -34,7 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/lmu_modes.py
 
 lock: $(STAMP)
-	$(BIN)/pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' > constraints.txt
+	$(BIN)/pip freeze --all --exclude-editable | grep -v '^pip==' | sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' > constraints.txt
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info
