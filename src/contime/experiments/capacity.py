@@ -54,7 +54,8 @@ from ..data.delay import band_limited_noise
 from ..lmu import LMU
 from ..training import TrainConfig, Trainer, count_parameters
 from .delay import DELAY_FRACTIONS, DelayConfig, TResult, delay_steps, evaluate_t, sequence_steps
-from .rundir import command_console, open_run_dir, parse_ints, result_record, write_json_atomic, write_metrics
+from .rundir import (command_console, experiment_command, open_run_dir, parse_ints, result_record, write_json_atomic,
+                     write_metrics)
 
 EXPERIMENT = "capacity"
 LMU0, LSTM_NAME, LMU_NAME = "LMU-0", "LSTM", "LMU"
@@ -491,14 +492,6 @@ def command(
     except ValueError as err:
         raise typer.BadParameter(str(err))
     console = command_console()
-    previous_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with experiment_command(console, threads, CapacityError):
         run_capacity(config, device=device, quiet=quiet, out_dir=out_dir, resume=resume or run_dir is not None,
                      run_dir=run_dir, console=console)
-    except CapacityError as err:
-        console.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
-        raise typer.Exit(code=2)
-    finally:
-        torch.set_num_threads(previous_threads)

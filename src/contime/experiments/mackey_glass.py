@@ -63,7 +63,7 @@ from .. import __version__
 from ..data.mackey_glass import mackey_glass_task
 from ..lmu import LMU
 from ..training import TrainConfig, Trainer, count_parameters, predict
-from .rundir import command_console, open_run_dir, write_metrics
+from .rundir import command_console, experiment_command, open_run_dir, write_metrics
 
 EXPERIMENT = "mackey-glass"
 MODELS = ("LSTM", "LMU", "hybrid")
@@ -393,14 +393,6 @@ def command(
         raise typer.BadParameter(f"window + burn-in must be at most {config['n_steps'] - config['horizon']} steps",
                                  param_hint="--window")
     console = command_console()
-    previous_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with experiment_command(console, threads, MackeyGlassError):
         run_mackey_glass(config, device=device, quiet=quiet, out_dir=out_dir, resume=resume or run_dir is not None,
                          run_dir=run_dir, console=console)
-    except MackeyGlassError as err:
-        console.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
-        raise typer.Exit(code=2)
-    finally:
-        torch.set_num_threads(previous_threads)

@@ -51,7 +51,7 @@ from ..data.mnist import (download_mnist, load_fashion_mnist, load_mnist5k, load
                           psmnist_sequences, split_train_val_test)
 from ..lmu import LMU
 from ..training import TrainConfig, Trainer, count_parameters, resolve_device
-from .rundir import command_console, open_run_dir, write_json_atomic, write_metrics
+from .rundir import command_console, experiment_command, open_run_dir, write_json_atomic, write_metrics
 
 EXPERIMENT = "psmnist"
 MODELS = ("lmu", "plmu", "lstm", "lstm-plmu")
@@ -421,14 +421,6 @@ def command(
     except ValueError as err:
         raise typer.BadParameter(str(err))
     console = command_console()
-    previous_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with experiment_command(console, threads, PsmnistError):
         run_psmnist(config, data_dir=data_dir, download=download, device=device, quiet=quiet, out_dir=out_dir,
                     resume=resume or run_dir is not None, run_dir=run_dir, console=console)
-    except PsmnistError as err:
-        console.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
-        raise typer.Exit(code=2)
-    finally:
-        torch.set_num_threads(previous_threads)

@@ -14,6 +14,7 @@ same folder, then ``os.replace``, so a reader never sees half a file.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -22,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 import typer
 from rich.console import Console
 
@@ -152,3 +154,19 @@ def command_console() -> Console:
     """The console an experiment command prints to: wide enough for its tables when the output is a log file
     (rich would otherwise crop them to 80 columns)."""
     return Console() if sys.stdout.isatty() else Console(width=132)
+
+
+@contextlib.contextmanager
+def experiment_command(console: Console, threads: int | None, *errors: type[Exception]):
+    """Around an experiment's run in its command: ``threads`` torch threads (0/None keeps the current count;
+    restored afterwards), and the experiment's own ``errors`` shown as one red line with exit code 2."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    except errors as err:
+        console.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
+        raise typer.Exit(code=2)
+    finally:
+        torch.set_num_threads(previous)

@@ -55,7 +55,7 @@ from .. import __version__
 from ..data.delay import band_limited_noise
 from ..legendre import legendre_readout
 from ..lmu import LMU
-from .rundir import command_console, open_run_dir, result_record, write_metrics
+from .rundir import command_console, experiment_command, open_run_dir, result_record, write_metrics
 
 EXPERIMENT = "theta"
 STARTS = {"below": 0.1, "above": 10.0}  # initial theta as a multiple of the true delay
@@ -324,13 +324,5 @@ def command(
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--delay")
     console = command_console()
-    previous_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with experiment_command(console, threads, ThetaError):
         run_theta(config, out_dir=out_dir, resume=resume or run_dir is not None, run_dir=run_dir, console=console)
-    except ThetaError as err:
-        console.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
-        raise typer.Exit(code=2)
-    finally:
-        torch.set_num_threads(previous_threads)
