@@ -198,3 +198,35 @@ def test_cached_system_follows_theta_changes():
     lmu.load_state_dict({"theta": torch.tensor([5.0], dtype=torch.float64)})
     third, _ = lmu(x)
     torch.testing.assert_close(third, first, atol=1e-14, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["recurrent", "fft", "final"])
+def test_training_after_inference_mode(mode):
+    """A call under torch.inference_mode must not leave cached tensors that a later backward cannot save."""
+    lmu = contime.LMU(1, 1, 4, 5.0, nn.Linear(4, 3), mode=mode, return_sequences=(mode != "final"))
+    x = torch.randn(2, 7, 1)
+    with torch.inference_mode():
+        lmu(x)
+    y, _ = lmu(x)
+    y.sum().backward()
+    assert lmu.input_kernel.grad is not None
+
+
+def test_cache_follows_the_discretizer():
+    lmu = contime.LMU(1, 1, 4, 5.0).double()
+    x = torch.randn(2, 9, 1, dtype=torch.float64)
+    zoh, _ = lmu(x)
+    lmu.discretizer = "euler"
+    euler, _ = lmu(x)
+    fresh = contime.LMU(1, 1, 4, 5.0, discretizer="euler").double()
+    fresh.load_state_dict(lmu.state_dict())
+    torch.testing.assert_close(euler, fresh(x)[0], atol=1e-14, rtol=0)
+    assert not torch.allclose(zoh, euler)
+
+
+def test_double_backward_is_refused_not_wrong():
+    lmu = contime.LMU(1, 1, 4, 5.0, nn.RNNCell(4, 3), mode="fft", return_sequences=False).double()
+    x = torch.randn(2, 6, 1, dtype=torch.float64, requires_grad=True)
+    y, _ = lmu(x)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(y.sum(), x, create_graph=True)

@@ -38,7 +38,8 @@ def cell_output_size(cell: nn.Module, kind: str, in_features: int) -> int:
         size = getattr(cell, name, None)
         if isinstance(size, int):
             return size
-    probe = torch.zeros(2, in_features, dtype=next(cell.parameters(), torch.zeros(())).dtype)
+    like = next(cell.parameters(), torch.zeros(()))
+    probe = torch.zeros(2, in_features, dtype=like.dtype, device=like.device)
     was_training = cell.training
     cell.eval()
     try:

@@ -191,16 +191,18 @@ class LMU(nn.Module):
         Reused across calls while theta is unchanged and no gradient to theta is wanted: rebuilding the
         matrix exponential and the impulse response costs far more than a short forward pass.
         """
-        cacheable = not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and self.theta.requires_grad)
-        key = (self.theta._version, self.theta.data_ptr(), self.theta.device, dtype, length) if cacheable else None
+        # Never cache under inference mode (its tensors cannot be saved for a later backward pass) nor while
+        # a gradient to theta is wanted; the key holds everything the matrices depend on.
+        cacheable = not (torch.compiler.is_compiling() or torch.is_inference_mode_enabled()
+                         or (torch.is_grad_enabled() and self.theta.requires_grad))
+        key = (self.theta._version, self.theta.data_ptr(), self.theta.device, dtype, length, self.order,
+               self.discretizer) if cacheable else None
         if key is not None and key in self._system_cache:
             return self._system_cache[key]
-        A_bar, B_bar = self.discretized(dtype)
-        H = None
-        if length is not None:
-            # The power series in float64, cast once: float32 powers drift over long sequences.
-            A64, B64 = (A_bar, B_bar) if dtype == torch.float64 else self.discretized(torch.float64)
-            H = impulse_response(A64, B64, length).to(dtype)
+        A64, B64 = self.discretized(torch.float64)
+        A_bar, B_bar = A64.to(dtype), B64.to(dtype)
+        # The power series in float64, cast once: float32 powers drift over long sequences.
+        H = None if length is None else impulse_response(A64, B64, length).to(dtype)
         if key is not None:
             if len(self._system_cache) >= 4:
                 self._system_cache.clear()
@@ -413,7 +415,8 @@ class LMU(nn.Module):
     def step(self, x_t: torch.Tensor, state: LMUState | tuple | None = None) -> tuple[torch.Tensor, LMUState]:
         """Advance one step, for streaming: x_t ``(batch, input_size)`` -> y_t ``(batch, output_size)``, state.
 
-        Equal to ``forward`` on the sequence, one sample at a time.
+        Equal to ``forward`` on the sequence, one sample at a time (in eval mode: in training, each call draws
+        its own dropout masks, where ``forward`` draws one per sequence).
         """
         self._check_x(x_t, "x_t", ndim=2)
         state = self._check_state(state, x_t.shape[0], x_t)

@@ -30,6 +30,8 @@ class _ElmanRecurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_outputs):
+        if torch.is_grad_enabled():  # create_graph=True: the saved tensors carry no graph, so refuse
+            raise RuntimeError("the Elman recurrence has no double backward (create_graph=True); use mode='recurrent'")
         outputs, weight_hh, h0, valid = ctx.saved_tensors
         time = outputs.shape[0]
         grad_outputs = grad_outputs.contiguous()  # often a strided view; each step reads one block

@@ -56,6 +56,8 @@ class _CausalConvFFT(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        if torch.is_grad_enabled():  # create_graph=True: the saved tensors carry no graph, so refuse
+            raise RuntimeError("the FFT convolution has no double backward (create_graph=True); use mode='recurrent'")
         U, K = ctx.saved_tensors
         time, n_fft = ctx.shape
         # Correlation = convolution with the conjugate spectrum; the zero padding keeps it acyclic.
