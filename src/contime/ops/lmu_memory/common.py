@@ -29,17 +29,19 @@ def zero_input_response(A_bar: torch.Tensor, m0: torch.Tensor, length: int) -> t
         A_bar: ``(k, n, n)``; m0: ``(batch, D, n)``.
 
     Returns:
-        ``(batch, length, D, n)``.
+        ``(batch, length, D, n)``, in m0's dtype.
     """
     batch, dims, n = m0.shape
-    first = apply_state_matrix(A_bar, m0)  # A_bar m0, the response at t = 0
+    # Powers by repeated squaring in float64, cast once: in float32 they drift far more than a step-by-step loop.
+    A64 = A_bar.to(torch.float64)
+    first = apply_state_matrix(A64, m0.to(torch.float64))  # A_bar m0, the response at t = 0
     if A_bar.shape[0] == 1:
         columns = first.reshape(batch * dims, n).transpose(0, 1).unsqueeze(0)  # (1, n, batch*D)
-        seq = power_sequence(A_bar, columns, length)  # (1, T, n, batch*D)
-        return seq[0].reshape(length, n, batch, dims).permute(2, 0, 3, 1)
+        seq = power_sequence(A64, columns, length)  # (1, T, n, batch*D)
+        return seq[0].reshape(length, n, batch, dims).permute(2, 0, 3, 1).to(m0.dtype)
     columns = first.permute(1, 2, 0)  # (D, n, batch)
-    seq = power_sequence(A_bar, columns, length)  # (D, T, n, batch)
-    return seq.permute(3, 1, 0, 2)
+    seq = power_sequence(A64, columns, length)  # (D, T, n, batch)
+    return seq.permute(3, 1, 0, 2).to(m0.dtype)
 
 
 def expand_dims(H: torch.Tensor, dims: int) -> torch.Tensor:

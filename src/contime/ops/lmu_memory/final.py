@@ -37,7 +37,8 @@ def linear_memory_final(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tenso
         m = torch.einsum("btd,dtn->bdn", reversed_u, H)
     if m0 is not None:
         if lengths is None:
-            m = m + apply_state_matrix(torch.linalg.matrix_power(A_bar, time), m0)
+            power = torch.linalg.matrix_power(A_bar.to(torch.float64), time)  # float64: see zero_input_response
+            m = m + apply_state_matrix(power, m0.to(torch.float64)).to(m.dtype)
         else:
             response = zero_input_response(A_bar, m0, time)  # (batch, T, D, n)
             m = m + response[torch.arange(batch, device=u.device), lengths - 1]
