@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ...legendre import impulse_response
-from .common import apply_state_matrix, zero_input_response
+from .common import apply_state_matrix
 
 
 def linear_memory_final(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor,
@@ -36,10 +36,26 @@ def linear_memory_final(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tenso
     else:
         m = torch.einsum("btd,dtn->bdn", reversed_u, H)
     if m0 is not None:
-        if lengths is None:
-            power = torch.linalg.matrix_power(A_bar.to(torch.float64), time)  # float64: see zero_input_response
-            m = m + apply_state_matrix(power, m0.to(torch.float64)).to(m.dtype)
-        else:
-            response = zero_input_response(A_bar, m0, time)  # (batch, T, D, n)
-            m = m + response[torch.arange(batch, device=u.device), lengths - 1]
+        m = m + _advance(A_bar, m0, lengths if lengths is not None else torch.full_like(m0[:, 0, 0], time,
+                                                                                       dtype=torch.long))
     return m
+
+
+def _advance(A_bar: torch.Tensor, m0: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """A_bar^steps_b m0_b for each sequence b, by binary powers: log2(max steps) products, O(batch) memory.
+
+    Args:
+        A_bar: ``(k, n, n)``; m0: ``(batch, D, n)``; steps: ``(batch,)`` integers >= 0.
+
+    Returns:
+        ``(batch, D, n)`` in m0's dtype (computed in float64, like ``zero_input_response``).
+    """
+    state = m0.to(torch.float64)
+    power = A_bar.to(torch.float64)  # A_bar^(2^bit)
+    remaining = steps.clone()
+    while bool((remaining > 0).any()):
+        take = (remaining % 2 == 1)[:, None, None]
+        state = torch.where(take, apply_state_matrix(power, state), state)
+        remaining = remaining // 2
+        power = power @ power
+    return state.to(m0.dtype)
