@@ -54,8 +54,8 @@ from ..data.delay import band_limited_noise
 from ..lmu import LMU
 from ..training import TrainConfig, Trainer, count_parameters
 from .delay import DELAY_FRACTIONS, DelayConfig, TResult, delay_steps, evaluate_t, sequence_steps
-from .rundir import (command_console, experiment_command, open_run_dir, parse_ints, result_record, write_json_atomic,
-                     write_metrics)
+from .rundir import (OUT_DIR_OPTION, QUIET_OPTION, RESUME_OPTION, RUN_DIR_OPTION, command_console, experiment_command,
+                     open_run_dir, parse_ints, result_record, write_json_atomic, write_metrics)
 
 EXPERIMENT = "capacity"
 LMU0, LSTM_NAME, LMU_NAME = "LMU-0", "LSTM", "LMU"
@@ -472,10 +472,10 @@ def command(
     threads: int = typer.Option(1, "--threads", min=0, help="torch CPU threads during the run (0: torch's default). "
                                 "One is the safest on a shared CPU: the LSTM's per-step products are small."),
     device: str = typer.Option("cpu", "--device", help="Trained models: cpu, auto, cuda or cuda:N."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the newest run in --out-dir (same settings)."),
-    run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Continue this run folder (implies --resume)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars; one line per epoch."),
-    out_dir: str = typer.Option("runs", "--out-dir", help="Base folder for run outputs."),
+    resume: bool = RESUME_OPTION,
+    run_dir: Optional[str] = RUN_DIR_OPTION,
+    quiet: bool = QUIET_OPTION,
+    out_dir: str = OUT_DIR_OPTION,
 ) -> None:
     """Delay capacity: LMU-0 (T = 100 .. 100,000) against a trained LSTM and LMU (T = 25 .. 1,600)."""
     names = parse_models(models)

@@ -32,7 +32,8 @@ from .. import __version__
 from ..data.delay import band_limited_noise
 from ..legendre import legendre_readout
 from ..lmu import LMU
-from .rundir import command_console, create_run_dir, parse_ints, result_record, write_config, write_metrics
+from .rundir import (OUT_DIR_OPTION, command_console, create_run_dir, parse_ints, result_record, write_config,
+                     write_metrics)
 
 EXPERIMENT = "delay"
 MODEL = "LMU-0"
@@ -266,7 +267,7 @@ def command(
     seed: int = typer.Option(0, "--seed", min=0, help="Base random seed."),
     batch_size: int = typer.Option(0, "--batch-size", min=0,
                                    help="Sequences per forward call; 0 fits a ~6 GiB memory budget."),
-    out_dir: str = typer.Option("runs", "--out-dir", help="Base folder for run outputs."),
+    out_dir: str = OUT_DIR_OPTION,
 ) -> None:
     """Delay capacity of the untrained LMU memory (LMU-0) on 10 Hz white noise, T = 100 .. 100,000."""
     try:

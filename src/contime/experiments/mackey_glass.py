@@ -63,7 +63,8 @@ from .. import __version__
 from ..data.mackey_glass import mackey_glass_task
 from ..lmu import LMU
 from ..training import TrainConfig, Trainer, count_parameters, predict
-from .rundir import command_console, experiment_command, open_run_dir, write_metrics
+from .rundir import (OUT_DIR_OPTION, QUIET_OPTION, RESUME_OPTION, RUN_DIR_OPTION, command_console, experiment_command,
+                     open_run_dir, write_metrics)
 
 EXPERIMENT = "mackey-glass"
 MODELS = ("LSTM", "LMU", "hybrid")
@@ -376,10 +377,10 @@ def command(
     threads: int = typer.Option(1, "--threads", min=0, help="torch CPU threads during the run (0: torch's default). "
                                 "One is fastest here: the per-step tensors are tiny."),
     device: str = typer.Option("cpu", "--device", help="cpu, auto, cuda or cuda:N."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the newest run in --out-dir (same settings)."),
-    run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Continue this run folder (implies --resume)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars; one line per epoch."),
-    out_dir: str = typer.Option("runs", "--out-dir", help="Base folder for run outputs."),
+    resume: bool = RESUME_OPTION,
+    run_dir: Optional[str] = RUN_DIR_OPTION,
+    quiet: bool = QUIET_OPTION,
+    out_dir: str = OUT_DIR_OPTION,
 ) -> None:
     """Mackey-Glass, 15 steps ahead: LSTM, LMU and hybrid (~18k parameters each); test NRMSE and s/epoch."""
     names = parse_models(models)

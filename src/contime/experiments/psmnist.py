@@ -51,7 +51,8 @@ from ..data.mnist import (download_mnist, load_fashion_mnist, load_mnist5k, load
                           psmnist_sequences, split_train_val_test)
 from ..lmu import LMU
 from ..training import TrainConfig, Trainer, count_parameters, resolve_device
-from .rundir import command_console, experiment_command, open_run_dir, write_json_atomic, write_metrics
+from .rundir import (OUT_DIR_OPTION, QUIET_OPTION, RESUME_OPTION, RUN_DIR_OPTION, command_console, experiment_command,
+                     open_run_dir, write_json_atomic, write_metrics)
 
 EXPERIMENT = "psmnist"
 MODELS = ("lmu", "plmu", "lstm", "lstm-plmu")
@@ -392,12 +393,12 @@ def command(
                                                      "and validation time passes this (epochs done are recorded)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seeds the permutation, the split, the weights and the order."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the newest run in --out-dir (same settings)."),
-    run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Continue this run folder (implies --resume)."),
+    resume: bool = RESUME_OPTION,
+    run_dir: Optional[str] = RUN_DIR_OPTION,
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for torch (0: torch's default). On a "
                                 "shared CPU, 1 avoids oversubscription."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars; one line per epoch."),
-    out_dir: str = typer.Option("runs", "--out-dir", help="Base folder for run outputs."),
+    quiet: bool = QUIET_OPTION,
+    out_dir: str = OUT_DIR_OPTION,
 ) -> None:
     """psMNIST (784 permuted pixels): LMU, parallel LMU and LSTMs of their sizes; test accuracy of the best epoch."""
     names = parse_models(models)

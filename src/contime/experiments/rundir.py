@@ -170,3 +170,10 @@ def experiment_command(console: Console, threads: int | None, *errors: type[Exce
         raise typer.Exit(code=2)
     finally:
         torch.set_num_threads(previous)
+
+
+# Command-line options every experiment command shares (typer reads these as parameter defaults).
+RESUME_OPTION = typer.Option(False, "--resume", help="Continue the newest run in --out-dir (same settings).")
+RUN_DIR_OPTION = typer.Option(None, "--run-dir", help="Continue this run folder (implies --resume).")
+QUIET_OPTION = typer.Option(False, "--quiet", help="No progress bars; one line per epoch.")
+OUT_DIR_OPTION = typer.Option("runs", "--out-dir", help="Base folder for run outputs.")

@@ -55,7 +55,7 @@ from .. import __version__
 from ..data.delay import band_limited_noise
 from ..legendre import legendre_readout
 from ..lmu import LMU
-from .rundir import command_console, experiment_command, open_run_dir, result_record, write_metrics
+from .rundir import OUT_DIR_OPTION, command_console, experiment_command, open_run_dir, result_record, write_metrics
 
 EXPERIMENT = "theta"
 STARTS = {"below": 0.1, "above": 10.0}  # initial theta as a multiple of the true delay
@@ -315,7 +315,7 @@ def command(
     threads: int = typer.Option(1, "--threads", min=0, help="torch CPU threads during the run (0: torch's default)."),
     resume: bool = typer.Option(False, "--resume", help="Rerun into the newest run folder (same settings)."),
     run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Rerun into this run folder (implies --resume)."),
-    out_dir: str = typer.Option("runs", "--out-dir", help="Base folder for run outputs."),
+    out_dir: str = OUT_DIR_OPTION,
 ) -> None:
     """Learn theta by backprop: from 10x too small and 10x too large, theta moves to the task's delay."""
     config = make_config(quick, delay=delay, order=order, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
