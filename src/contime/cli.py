@@ -6,6 +6,10 @@
     contime run mackey-glass   chaotic time-series prediction: LSTM, LMU, hybrid
     contime run psmnist        permuted sequential (Fashion-)MNIST
     contime run theta          learning the time scale by backprop through the discretization
+    contime run sinusoid       irregular sinusoids: Rough Transformer, Transformer, GRU, Neural CDE, LMUs
+    contime run sinusoid-long  the long-range variant
+    contime run uea            a UEA/UCR set bundled with aeon
+    contime run rt-scaling     seconds per epoch against length: Rough Transformer vs Transformer
 
 ``run`` holds one command per experiment (``contime run NAME --help`` for its options); each writes to
 ``<out-dir>/<experiment>/<timestamp>/``, and ``--quick`` runs a small version of the same code path.
@@ -37,7 +41,8 @@ def version() -> None:
 
 # One module per experiment in contime.experiments; each defines EXPERIMENT (its name) and ``command``,
 # a typer command function. The list is explicit so that `contime run --help` shows them in this order.
-EXPERIMENTS = ("delay", "capacity", "mackey_glass", "psmnist", "theta")
+# A module with several commands (one per task) lists them in COMMANDS instead.
+EXPERIMENTS = ("delay", "capacity", "mackey_glass", "psmnist", "theta", "irregular", "scaling")
 
 
 def _register_experiments() -> None:
@@ -45,7 +50,8 @@ def _register_experiments() -> None:
 
     for name in EXPERIMENTS:
         module = importlib.import_module(f"contime.experiments.{name}")
-        run_app.command(module.EXPERIMENT)(module.command)
+        for experiment, command in getattr(module, "COMMANDS", {module.EXPERIMENT: module.command}).items():
+            run_app.command(experiment)(command)
 
 
 _register_experiments()
