@@ -20,7 +20,8 @@ points are padded by repeating their last point, which adds nothing to a signatu
 are then products of local signatures (Chen's identity), built by a parallel prefix scan in log2(K) batched
 ``sig_combine`` calls; no signature is ever streamed point by point. Log-signatures, when asked for, are taken
 of the finished signatures. Everything is differentiable through pysiglib's autograd functions, and runs on the
-device of the values.
+device of the values (with a pysiglib wheel built without CUDA, as PyPI's is, the signature calls themselves
+run on the CPU and their results return to the GPU).
 
     univariate=False   one path of dimension 1 + channels          feature size grows like channels^depth
     univariate=True    one path (tau, x_c) per channel, concatenated  feature size grows linearly in channels
@@ -36,6 +37,15 @@ import pysiglib.torch_api as siglib
 
 VIEWS = ("global", "local")
 LOG_SIG_METHOD = 1  # pysiglib's Lyndon-basis projection (needs prepare_log_sig once per (dimension, depth))
+
+
+def _siglib(fn, *tensors: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Call pysiglib's ``fn`` on ``tensors``; a wheel built without CUDA computes CUDA tensors on the CPU and
+    returns the result to their device (the copies are differentiable, so gradients still flow)."""
+    device = tensors[0].device
+    if device.type == "cuda" and not siglib.BUILT_WITH_CUDA:
+        return fn(*(t.cpu() for t in tensors), **kwargs).to(device)
+    return fn(*tensors, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -253,7 +263,8 @@ def _prefix_products(sigs: torch.Tensor, dimension: int, depth: int) -> torch.Te
         n, k, size = sigs.shape
         earlier = sigs[:, :-offset].reshape(-1, size).contiguous()
         later = sigs[:, offset:].reshape(-1, size).contiguous()
-        combined = siglib.sig_combine(earlier, later, dimension, depth).reshape(n, k - offset, size)
+        combined = _siglib(siglib.sig_combine, earlier, later, dimension=dimension, degree=depth)
+        combined = combined.reshape(n, k - offset, size)
         sigs = torch.cat([sigs[:, :offset], combined], dim=1)
         offset *= 2
     return sigs
@@ -266,7 +277,8 @@ def _window_products(sigs: torch.Tensor, width: int, dimension: int, depth: int)
         n, k, size = sigs.shape
         earlier = sigs[:, : k - back].reshape(-1, size).contiguous()  # s_{k-back} in front of the product so far
         so_far = out[:, back:].reshape(-1, size).contiguous()
-        combined = siglib.sig_combine(earlier, so_far, dimension, depth).reshape(n, k - back, size)
+        combined = _siglib(siglib.sig_combine, earlier, so_far, dimension=dimension, degree=depth)
+        combined = combined.reshape(n, k - back, size)
         out = torch.cat([out[:, :back], combined], dim=1)
     return out
 
@@ -311,7 +323,7 @@ def signature_features(values: torch.Tensor, times: torch.Tensor, mask: torch.Te
         paths = paths[:, None]  # (batch, 1, K, P, d)
         groups = 1
     dimension = paths.shape[-1]
-    local = siglib.sig(paths.reshape(-1, points, dimension).contiguous(), config.depth)  # one batched call
+    local = _siglib(siglib.sig, paths.reshape(-1, points, dimension).contiguous(), degree=config.depth)  # one call
     local = local.reshape(batch * groups, windows, -1)
     views = {"local": local}
     if "global" in config.views:
@@ -322,8 +334,8 @@ def signature_features(values: torch.Tensor, times: torch.Tensor, mask: torch.Te
     if config.log_signature:
         _prepare_log_signature(dimension, config.depth)
         size = features.shape[-1]
-        features = siglib.sig_to_log_sig(features.reshape(-1, size).contiguous(), dimension, config.depth,
-                                         method=LOG_SIG_METHOD).reshape(*features.shape[:-1], -1)
+        features = _siglib(siglib.sig_to_log_sig, features.reshape(-1, size).contiguous(), dimension=dimension,
+                           degree=config.depth, method=LOG_SIG_METHOD).reshape(*features.shape[:-1], -1)
     # Per token: views outermost, then channel groups, then the signature terms.
     features = features.reshape(batch, groups, windows, features.shape[2], -1).permute(0, 2, 3, 1, 4)
     _, norm = grid_times(times, mask, config.n_windows, config.time_range)

@@ -223,19 +223,19 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         memory = [r["peak_step_memory_mb"] for r in rows if r.get("peak_step_memory_mb") is not None]
         summary[name] = {
             "mean": float(values.mean()), "std": float(values.std()) if len(rows) > 1 else 0.0, "n_seeds": len(rows),
-            "params": rows[0]["params"], "seconds_per_epoch": float(sum(r["seconds_per_epoch"] for r in rows) / len(rows)),
+            "params": rows[0]["params"], "epochs": [r["epochs"] for r in rows], "seconds_per_epoch": float(sum(r["seconds_per_epoch"] for r in rows) / len(rows)),
             "peak_step_memory_mb": float(sum(memory) / len(memory)) if memory else None}
     return summary
 
 
 def results_table(summary: dict[str, dict[str, float]], title: str) -> Table:
     table = Table(title=title)
-    for column in ("model", "params", "test accuracy", "seeds", "s / epoch", "peak MB / step"):
+    for column in ("model", "params", "test accuracy", "seeds", "epochs", "s / epoch", "peak MB / step"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for name, s in summary.items():
         memory = "-" if s["peak_step_memory_mb"] is None else f"{s['peak_step_memory_mb']:.1f}"
         table.add_row(name, f"{s['params']:,}", f"{100 * s['mean']:.2f} +- {100 * s['std']:.2f}%",
-                      str(s["n_seeds"]), f"{s['seconds_per_epoch']:.2f}", memory)
+                      str(s["n_seeds"]), ",".join(map(str, s["epochs"])), f"{s['seconds_per_epoch']:.2f}", memory)
     return table
 
 
@@ -298,7 +298,8 @@ def make_config(task: str, quick: bool = False, **overrides: Any) -> dict[str, A
         "max_train": preset.get("max_train"),
         "epochs": preset["epochs"], "batch_size": preset.get("batch_size", 32), "lr": preset.get("lr", 1e-3),
         "optimizer": "adam", "schedule": "cosine", "min_lr_ratio": 0.05, "clip_grad_norm": 1.0,
-        "max_steps_per_epoch": preset.get("max_steps_per_epoch"), "online": bool(preset.get("online", False)),
+        "max_steps_per_epoch": preset.get("max_steps_per_epoch"), "time_budget": preset.get("time_budget"),
+        "online": bool(preset.get("online", False)),
         "signature": {"depth": preset.get("depth", 3), "n_windows": preset.get("n_windows", 32),
                       "views": ["global", "local"], "local_widths": [], "univariate": bool(univariate),
                       "log_signature": bool(preset.get("log_signature", False))},
@@ -357,7 +358,7 @@ def run_irregular(config: dict[str, Any], *, device: str = "cpu", quiet: bool = 
                 epochs=config["epochs"], batch_size=config["batch_size"], lr=config["lr"], optimizer="adam",
                 schedule=config["schedule"], min_lr_ratio=config["min_lr_ratio"],
                 clip_grad_norm=config["clip_grad_norm"], seed=seed, max_steps_per_epoch=config["max_steps_per_epoch"],
-                device=device, quiet=quiet, eval_batch_size=64, checkpoint_every=0)
+                device=device, quiet=quiet, eval_batch_size=64, checkpoint_every=0, time_budget=config["time_budget"])
             label = f"{name} seed {seed}"
             trainer = Trainer(model, train_config, (parts[0], train.targets), (parts[1], val.targets),
                               (parts[2], test.targets), loss="cross_entropy", metric="accuracy",
@@ -422,6 +423,8 @@ def _command(task: str):
         log_signature: bool = typer.Option(False, "--log-signature", help="RT: log-signatures."),
         online: bool = typer.Option(False, "--online", help="RT: signatures inside the model, every step."),
         max_steps_per_epoch: Optional[int] = typer.Option(None, "--max-steps-per-epoch", min=1),
+        time_budget: Optional[float] = typer.Option(None, "--time-budget", min=0.0, help="Seconds per model and "
+                                                    "seed: no new epoch starts after (the epochs done are recorded)."),
         device: str = typer.Option("cpu", "--device", help="cpu, auto, cuda or cuda:N."),
         threads: int = typer.Option(1, "--threads", min=0, help="torch CPU threads (0: torch's default)."),
         resume: bool = RESUME_OPTION,
@@ -439,7 +442,7 @@ def _command(task: str):
                              seeds=parse_seeds(seeds), epochs=epochs, length=length,
                              n_per_class=n_per_class, batch_size=batch_size, lr=lr, n_windows=n_windows, depth=depth,
                              univariate=univariate, log_signature=log_signature or None, online=online or None,
-                             max_steps_per_epoch=max_steps_per_epoch)
+                             max_steps_per_epoch=max_steps_per_epoch, time_budget=time_budget)
         if task == "sinusoid-long" and config["length"] <= 251:
             raise typer.BadParameter("the long variant needs more than 251 points", param_hint="--length")
         console = command_console()
