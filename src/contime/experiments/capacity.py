@@ -55,7 +55,7 @@ from ..lmu import LMU
 from ..training import TrainConfig, Trainer, count_parameters
 from .delay import DELAY_FRACTIONS, DelayConfig, TResult, delay_steps, evaluate_t, sequence_steps
 from .rundir import (OUT_DIR_OPTION, QUIET_OPTION, RESUME_OPTION, RUN_DIR_OPTION, command_console, experiment_command,
-                     open_run_dir, parse_ints, result_record, write_json_atomic, write_metrics)
+                     open_run_dir, parse_ints, parse_names, result_record, write_json_atomic, write_metrics)
 
 EXPERIMENT = "capacity"
 LMU0, LSTM_NAME, LMU_NAME = "LMU-0", "LSTM", "LMU"
@@ -441,12 +441,7 @@ def plot_mse(config: CapacityConfig, results: list[dict[str, Any]], path: Path) 
 
 # --------------------------------------------------------------------------------------------------- CLI
 def parse_models(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    lookup = {m.lower(): m for m in MODELS}
-    unknown = [n for n in names if n.lower() not in lookup]
-    if not names or unknown:
-        raise typer.BadParameter(f"choose among {', '.join(MODELS)}; got {text!r}", param_hint="--models")
-    return [lookup[n.lower()] for n in names]
+    return parse_names(text, MODELS)
 
 
 def command(

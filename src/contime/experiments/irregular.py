@@ -46,7 +46,7 @@ from ..signatures import SignatureConfig, precompute_features
 from ..training import TrainConfig, Trainer, count_parameters
 from ..training.memory import peak_tensor_bytes
 from .rundir import (OUT_DIR_OPTION, QUIET_OPTION, RESUME_OPTION, RUN_DIR_OPTION, command_console, experiment_command,
-                     open_run_dir, write_metrics)
+                     open_run_dir, parse_names, write_metrics)
 
 MODELS = ("RT", "Transformer", "GRU", "NCDE", "LMU", "LMU-dt")
 TASKS = ("sinusoid", "sinusoid-long", "uea")
@@ -378,12 +378,7 @@ def run_irregular(config: dict[str, Any], *, device: str = "cpu", quiet: bool = 
 
 # ------------------------------------------------------------------------------------------------ commands
 def parse_models(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    lookup = {m.lower(): m for m in MODELS}
-    unknown = [n for n in names if n.lower() not in lookup]
-    if not names or unknown:
-        raise typer.BadParameter(f"choose among {', '.join(MODELS)}; got {text!r}", param_hint="--models")
-    return [lookup[n.lower()] for n in names]
+    return parse_names(text, MODELS)
 
 
 def parse_seeds(text: Optional[str]) -> Optional[list[int]]:

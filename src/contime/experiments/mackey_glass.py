@@ -64,7 +64,7 @@ from ..data.mackey_glass import mackey_glass_task
 from ..lmu import LMU
 from ..training import TrainConfig, Trainer, count_parameters, predict
 from .rundir import (OUT_DIR_OPTION, QUIET_OPTION, RESUME_OPTION, RUN_DIR_OPTION, command_console, experiment_command,
-                     open_run_dir, write_metrics)
+                     open_run_dir, parse_names, write_metrics)
 
 EXPERIMENT = "mackey-glass"
 MODELS = ("LSTM", "LMU", "hybrid")
@@ -351,12 +351,7 @@ def run_mackey_glass(config: dict[str, Any], *, device: str = "cpu", quiet: bool
 
 
 def parse_models(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    lookup = {m.lower(): m for m in MODELS}
-    unknown = [n for n in names if n.lower() not in lookup]
-    if not names or unknown:
-        raise typer.BadParameter(f"choose among {', '.join(MODELS)}; got {text!r}", param_hint="--models")
-    return [lookup[n.lower()] for n in names]
+    return parse_names(text, MODELS)
 
 
 def command(

@@ -52,7 +52,7 @@ from ..data.mnist import (download_mnist, load_fashion_mnist, load_mnist5k, load
 from ..lmu import LMU
 from ..training import TrainConfig, Trainer, count_parameters, resolve_device
 from .rundir import (OUT_DIR_OPTION, QUIET_OPTION, RESUME_OPTION, RUN_DIR_OPTION, command_console, experiment_command,
-                     open_run_dir, write_json_atomic, write_metrics)
+                     open_run_dir, parse_names, write_json_atomic, write_metrics)
 
 EXPERIMENT = "psmnist"
 MODELS = ("lmu", "plmu", "lstm", "lstm-plmu")
@@ -158,14 +158,8 @@ def build_model(name: str, dropout: float = 0.0) -> nn.Module:
 
 
 def parse_models(text: str) -> list[str]:
-    """``"lmu,lstm"`` -> ``["lmu", "lstm"]``; unknown or repeated names raise ``typer.BadParameter``."""
-    names = [part.strip().lower() for part in text.split(",") if part.strip()]
-    unknown = [n for n in names if n not in MODELS]
-    if not names or unknown:
-        raise typer.BadParameter(f"choose among {', '.join(MODELS)}; got {text!r}", param_hint="--models")
-    if len(set(names)) != len(names):
-        raise typer.BadParameter(f"a model is named twice in {text!r}", param_hint="--models")
-    return names
+    """``"lmu,LSTM"`` -> ``["lmu", "lstm"]``; unknown or repeated names raise ``typer.BadParameter``."""
+    return parse_names(text, MODELS)
 
 
 # --------------------------------------------------------------------------------------------------- data

@@ -112,6 +112,20 @@ def parse_ints(text: Optional[str], name: str) -> Optional[list[int]]:
     return values
 
 
+def parse_names(text: str, choices, option: str = "--models") -> list[str]:
+    """A comma-separated choice of names from an option, matched without regard to case and returned as spelled in
+    ``choices``: ``"lmu,LSTM"`` -> ``["LMU", "LSTM"]``. Unknown, missing or repeated names raise
+    ``typer.BadParameter``."""
+    lookup = {c.lower(): c for c in choices}
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n.lower() not in lookup]
+    if not names or unknown:
+        raise typer.BadParameter(f"choose among {', '.join(choices)}; got {text!r}", param_hint=option)
+    if len({n.lower() for n in names}) != len(names):
+        raise typer.BadParameter(f"a name is given twice in {text!r}", param_hint=option)
+    return [lookup[n.lower()] for n in names]
+
+
 def open_run_dir(experiment: str, config: dict[str, Any], base_dir: str | os.PathLike = "runs",
                  resume: bool = False, run_dir: str | os.PathLike | None = None) -> Path:
     """The folder a run writes to, fresh or resumed, with ``config.json`` written or checked.

@@ -17,7 +17,6 @@ squares fit). A model whose epoch passes ``--budget`` seconds is not run at long
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -35,7 +34,7 @@ from ..rough_transformer import RoughTransformer
 from ..signatures import SignatureConfig, precompute_features
 from .irregular import peak_step_memory_mb
 from .rundir import (OUT_DIR_OPTION, QUIET_OPTION, command_console, experiment_command, open_run_dir, parse_ints,
-                     result_record, write_metrics)
+                     parse_names, result_record, write_metrics)
 
 EXPERIMENT = "rt-scaling"
 MODELS = ("RT", "RT-offline", "Transformer")
@@ -213,10 +212,7 @@ def command(
     out_dir: str = OUT_DIR_OPTION,
 ) -> None:
     """Seconds per epoch and peak memory against length (100 to 10,000): Rough Transformer vs Transformer."""
-    names = [m.strip() for m in models.split(",") if m.strip()]
-    unknown = [m for m in names if m not in MODELS]
-    if not names or unknown:
-        raise typer.BadParameter(f"choose among {', '.join(MODELS)}; got {models!r}", param_hint="--models")
+    names = parse_names(models, MODELS)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise typer.BadParameter(f"{device!r} asked for, but CUDA is not available here", param_hint="--device")
     config = {"experiment": EXPERIMENT, "quick": quick, "models": names,
