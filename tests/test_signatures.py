@@ -69,6 +69,10 @@ def naive_features(t, x, config: SignatureConfig) -> torch.Tensor:
         parts = []
         for a, b in spans:
             path = naive_path(t, x, a, b, start, span, config.include_time)
+            if config.basepoint and a == grid[0]:  # the path opens with a jump from the origin
+                origin = path[:1].clone()
+                origin[:, int(config.include_time):] = 0.0
+                path = torch.cat([origin, path])
             if config.univariate:
                 lead = int(config.include_time)
                 parts += [naive_signature(torch.cat([path[:, :lead], path[:, lead + c:lead + c + 1]], 1),
@@ -99,6 +103,8 @@ CONFIGS = {
     "no-time": SignatureConfig(depth=3, n_windows=4, include_time=False),
     "time-range": SignatureConfig(depth=2, n_windows=4, time_range=(0.0, 20.0)),
     "many-windows": SignatureConfig(depth=2, n_windows=40),
+    "basepoint": SignatureConfig(depth=3, n_windows=4, local_widths=(2,), basepoint=True),
+    "basepoint-univariate": SignatureConfig(depth=2, n_windows=3, univariate=True, basepoint=True),
 }
 
 

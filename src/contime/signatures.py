@@ -31,9 +31,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import warnings
+
 import torch
 
 import pysiglib.torch_api as siglib
+
+# pysiglib copies view-based gradients in its backward passes and warns once; autograd hands it such views by
+# design, so the warning says nothing a user can act on.
+warnings.filterwarnings("ignore", message="Detected a non-contiguous or view-based array", category=UserWarning)
 
 VIEWS = ("global", "local")
 LOG_SIG_METHOD = 1  # pysiglib's Lyndon-basis projection (needs prepare_log_sig once per (dimension, depth))
@@ -42,6 +48,9 @@ LOG_SIG_METHOD = 1  # pysiglib's Lyndon-basis projection (needs prepare_log_sig 
 def _siglib(fn, *tensors: torch.Tensor, **kwargs) -> torch.Tensor:
     """Call pysiglib's ``fn`` on ``tensors``; a wheel built without CUDA computes CUDA tensors on the CPU and
     returns the result to their device (the copies are differentiable, so gradients still flow)."""
+    # pysiglib copies any view or strided tensor before use (and warns); copying here is the same work, silently.
+    tensors = tuple(t if t._base is None and t.is_contiguous() else t.clone(memory_format=torch.contiguous_format)
+                    for t in tensors)
     device = tensors[0].device
     if device.type == "cuda" and not siglib.BUILT_WITH_CUDA:
         return fn(*(t.cpu() for t in tensors), **kwargs).to(device)
@@ -63,6 +72,8 @@ class SignatureConfig:
             without it, it is invariant to any reparametrisation of time).
         time_range: a fixed (start, end) for every series' normalisation and grid; None uses each series' own
             first and last valid times.
+        basepoint: start every path at the origin of the value channels (a jump from x = 0 to the first sample
+            at the first time), so the signatures also see the series' level, not only its changes.
     """
 
     depth: int = 3
@@ -73,6 +84,7 @@ class SignatureConfig:
     log_signature: bool = False
     include_time: bool = True
     time_range: tuple[float, float] | None = None
+    basepoint: bool = False
 
     def __post_init__(self):
         for name in ("depth", "n_windows"):
@@ -325,6 +337,13 @@ def signature_features(values: torch.Tensor, times: torch.Tensor, mask: torch.Te
     dimension = paths.shape[-1]
     local = _siglib(siglib.sig, paths.reshape(-1, points, dimension).contiguous(), degree=config.depth)  # one call
     local = local.reshape(batch * groups, windows, -1)
+    if config.basepoint:  # the jump from the origin to the first point goes in front of the first window
+        first = paths[:, :, 0, 0, :].reshape(-1, dimension)  # (batch * groups, d)
+        lead = int(config.include_time)
+        origin = torch.cat([first[:, :lead], torch.zeros_like(first[:, lead:])], dim=1)
+        jump = _siglib(siglib.sig, torch.stack([origin, first], dim=1).contiguous(), degree=config.depth)
+        opened = _siglib(siglib.sig_combine, jump, local[:, 0].contiguous(), dimension=dimension, degree=config.depth)
+        local = torch.cat([opened[:, None], local[:, 1:]], dim=1)
     views = {"local": local}
     if "global" in config.views:
         views["global"] = _prefix_products(local, dimension, config.depth)

@@ -99,7 +99,7 @@ def signature_config(config: dict[str, Any]) -> SignatureConfig:
     s = config["signature"]
     return SignatureConfig(depth=s["depth"], n_windows=s["n_windows"], views=tuple(s["views"]),
                            local_widths=tuple(s["local_widths"]), univariate=s["univariate"],
-                           log_signature=s["log_signature"])
+                           log_signature=s["log_signature"], basepoint=s["basepoint"])
 
 
 def build_model(name: str, channels: int, classes: int, config: dict[str, Any]) -> nn.Module:
@@ -302,7 +302,8 @@ def make_config(task: str, quick: bool = False, **overrides: Any) -> dict[str, A
         "online": bool(preset.get("online", False)),
         "signature": {"depth": preset.get("depth", 3), "n_windows": preset.get("n_windows", 32),
                       "views": ["global", "local"], "local_widths": [], "univariate": bool(univariate),
-                      "log_signature": bool(preset.get("log_signature", False))},
+                      "log_signature": bool(preset.get("log_signature", False)),
+                      "basepoint": bool(preset.get("basepoint", task == "uea"))},
         "d_model": 32 if quick else 64, "n_heads": 4, "n_layers": 2, "dropout": 0.1,
         "rnn_hidden": 32 if quick else 64, "cde_hidden": 16 if quick else 32,
         "lmu_order": 16 if quick else 32, "lmu_memory_d": 4,
@@ -416,6 +417,8 @@ def _command(task: str):
         univariate: Optional[bool] = typer.Option(None, "--univariate/--multivariate",
                                                   help="RT: one signature per channel (default for uea)."),
         log_signature: bool = typer.Option(False, "--log-signature", help="RT: log-signatures."),
+        basepoint: Optional[bool] = typer.Option(None, "--basepoint/--no-basepoint", help="RT: paths start at the "
+                                                 "origin, so signatures see levels (default for uea)."),
         online: bool = typer.Option(False, "--online", help="RT: signatures inside the model, every step."),
         max_steps_per_epoch: Optional[int] = typer.Option(None, "--max-steps-per-epoch", min=1),
         time_budget: Optional[float] = typer.Option(None, "--time-budget", min=0.0, help="Seconds per model and "
@@ -436,7 +439,7 @@ def _command(task: str):
         config = make_config(task, quick, dataset=dataset, drop=drop, drop_mode=drop_mode, models=parse_models(models),
                              seeds=parse_seeds(seeds), epochs=epochs, length=length,
                              n_per_class=n_per_class, batch_size=batch_size, lr=lr, n_windows=n_windows, depth=depth,
-                             univariate=univariate, log_signature=log_signature or None, online=online or None,
+                             univariate=univariate, log_signature=log_signature or None, basepoint=basepoint, online=online or None,
                              max_steps_per_epoch=max_steps_per_epoch, time_budget=time_budget)
         if task == "sinusoid-long" and config["length"] <= 251:
             raise typer.BadParameter("the long variant needs more than 251 points", param_hint="--length")
