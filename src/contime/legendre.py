@@ -15,7 +15,8 @@ so m_t = sum_{s >= 0} H_s u_{t-s} with the impulse response H_s = A_bar^s B_bar.
 
 Every function here accepts theta as a tensor of shape ``(k,)`` (one time scale per memory
 dimension, or ``k = 1`` shared) and returns matrices batched over that leading axis, so a single
-call discretizes all of them; gradients flow to theta.
+call discretizes all of them; gradients flow to theta. ``discretize_steps`` does the same for many step
+lengths at once (irregularly sampled series).
 """
 
 from __future__ import annotations
@@ -107,6 +108,90 @@ def discretize(order: int, theta, dt: float = 1.0, method: str = "zoh") -> tuple
     A_bar = torch.linalg.solve(left, eye + 0.5 * scale * A)
     B_bar = torch.linalg.solve(left, (scale[:, :, 0] * B).unsqueeze(-1)).squeeze(-1)
     return A_bar, B_bar
+
+
+# Matrices per matrix_exp call in discretize_steps: bounds the float64 work space for many distinct steps.
+_EXPM_CHUNK = 1024
+
+
+class _ScaledMatrixExp(torch.autograd.Function):
+    """expm(s_i * M) for a batch of scalars s ``(m,)`` and one constant matrix M ``(p, p)`` -> ``(m, p, p)``.
+
+    The backward pass needs no matrix exponential of a doubled matrix (what autograd through
+    ``torch.linalg.matrix_exp`` computes): M commutes with expm(s M), so d expm(s M) / ds = M expm(s M),
+    and dL/ds_i = <G_i, M E_i>, one product per matrix.
+    """
+
+    @staticmethod
+    def forward(ctx, scale, matrix):
+        chunks = [_matrix_exp(part[:, None, None] * matrix) for part in scale.split(_EXPM_CHUNK)]
+        expm = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+        ctx.save_for_backward(expm, matrix)
+        return expm
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        expm, matrix = ctx.saved_tensors
+        return ((matrix @ expm) * grad).sum(dim=(-2, -1)), None
+
+
+def discretize_steps(order: int, theta, dt: torch.Tensor,
+                     method: str = "zoh") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Discretize the LegT system for many step lengths at once (irregularly sampled series).
+
+    A step of length dt with the input held over it maps m to A_bar(dt) m + B_bar(dt) u, with
+    ``"zoh"``: [[A_bar, B_bar], [0, 1]] = expm([[A, B], [0, 0]] * dt / theta), or the ``"euler"`` and
+    ``"bilinear"`` closed forms of ``discretize``. Only the distinct values of dt are discretized (one batched
+    matrix exponential over all of them and all thetas); ``inverse`` maps each entry of dt to its matrices.
+    When dt requires grad, every entry is discretized on its own so that it receives its own gradient.
+
+    Args:
+        order: memory order n.
+        theta: window length(s), scalar or ``(k,)`` tensor (differentiable).
+        dt: step lengths, any shape, finite and > 0, same unit as theta (differentiable).
+        method: ``"zoh"``, ``"euler"`` or ``"bilinear"``.
+
+    Returns:
+        A_bar: ``(U, k, n, n)``, B_bar: ``(U, k, n)`` for the U distinct steps, in theta's float dtype
+        (float64 for a number); inverse: ``dt.shape`` long, entry j uses ``A_bar[inverse[j]]``.
+    """
+    if method not in DISCRETIZERS:
+        raise ValueError(f"method must be one of {DISCRETIZERS}, got {method!r}")
+    if not torch.is_tensor(dt) or not torch.is_floating_point(dt):
+        got = dt.dtype if torch.is_tensor(dt) else type(dt).__name__
+        raise TypeError(f"dt must be a floating-point tensor, got {got}")
+    if dt.numel() == 0:
+        raise ValueError("dt must not be empty")
+    theta = _as_theta(theta)
+    dt = dt.to(device=theta.device, dtype=theta.dtype)
+    if not torch.compiler.is_compiling() and not bool(torch.all(torch.isfinite(dt.detach()) & (dt.detach() > 0))):
+        raise ValueError("dt must be finite and > 0")
+    if dt.requires_grad:
+        values, inverse = dt.reshape(-1), torch.arange(dt.numel(), device=dt.device).reshape(dt.shape)
+    else:
+        values, inverse = torch.unique(dt, return_inverse=True)
+    distinct, k = values.shape[0], theta.shape[0]
+    scale = (values[:, None] / theta[None, :]).reshape(-1)  # (U*k,): dt / theta for every pair
+    A, B = legt_matrices(order)
+    A = A.to(device=theta.device, dtype=theta.dtype)
+    B = B.to(device=theta.device, dtype=theta.dtype)
+    if method == "zoh":
+        aug = torch.zeros(order + 1, order + 1, dtype=theta.dtype, device=theta.device)
+        aug[:order, :order] = A
+        aug[:order, order] = B
+        expm = _ScaledMatrixExp.apply(scale, aug)  # (U*k, n+1, n+1)
+        A_bar, B_bar = expm[:, :order, :order], expm[:, :order, order]
+    else:
+        s = scale[:, None, None]
+        eye = torch.eye(order, dtype=theta.dtype, device=theta.device)
+        if method == "euler":
+            A_bar, B_bar = eye + s * A, s[:, :, 0] * B
+        else:  # bilinear, as in discretize
+            left = eye - 0.5 * s * A
+            A_bar = torch.linalg.solve(left, eye + 0.5 * s * A)
+            B_bar = torch.linalg.solve(left, (s[:, :, 0] * B).unsqueeze(-1)).squeeze(-1)
+    return A_bar.reshape(distinct, k, order, order), B_bar.reshape(distinct, k, order), inverse
 
 
 def power_sequence(A_bar: torch.Tensor, v: torch.Tensor, length: int) -> torch.Tensor:

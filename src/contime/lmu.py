@@ -10,6 +10,11 @@ When the memory depends only on the input (no hidden_to_memory, no memory_to_mem
 time-invariant filter of u, so it can be computed for all steps at once ("fft", "conv") or, when only the
 last output is needed and the hidden part is feedforward, as a single product ("final"). The plain loop
 ("recurrent") is the reference that every other mode is tested against.
+
+Irregularly sampled series pass ``dt``, the time elapsed before each sample (in the unit of theta): step t
+then uses A_bar(dt_t), B_bar(dt_t), the exact (zoh) update over that interval with the sample's input held
+over it. The memory is then time-varying, so it runs as a loop with per-sequence matrices, whatever ``mode``
+says; a dt that is the same constant c everywhere is the uniform LMU with theta / c, in every mode.
 """
 
 from __future__ import annotations
@@ -20,8 +25,16 @@ import torch
 from torch import nn
 
 from . import hidden as hidden_ops
-from .legendre import DISCRETIZERS, discretize, impulse_response
-from .ops.lmu_memory import linear_memory_conv, linear_memory_fft, linear_memory_final, projected_memory_fft
+from .legendre import DISCRETIZERS, discretize, discretize_steps, impulse_response
+from .ops.lmu_memory import (
+    apply_step_matrices,
+    linear_memory_conv,
+    linear_memory_fft,
+    linear_memory_final,
+    linear_memory_varying,
+    StepMatrices,
+    projected_memory_fft,
+)
 from .ops.lmu_memory.common import apply_state_matrix
 
 MODES = ("auto", "recurrent", "fft", "conv", "final")
@@ -78,6 +91,7 @@ class LMU(nn.Module):
 
     Shapes:
         x: ``(batch, time, input_size)``; lengths: ``(batch,)`` ints in [1, time].
+        dt (irregular sampling, optional): ``(batch, time)`` step lengths > 0 in the unit of theta; see ``forward``.
         y: ``(batch, time, output_size)``, or ``(batch, output_size)`` if not return_sequences.
         output_size is the hidden size, or ``memory_d * order`` without a hidden cell.
     """
@@ -185,8 +199,10 @@ class LMU(nn.Module):
         dtype = dtype or self.theta.dtype
         return A_bar.to(dtype), B_bar.to(dtype)
 
-    def _system(self, dtype: torch.dtype, length: int | None):
+    def _system(self, dtype: torch.dtype, length: int | None, time_scale: float = 1.0):
         """(A_bar, B_bar, H) for this call; H ``(k, length, n)`` is None when ``length`` is None.
+
+        ``time_scale`` c != 1 discretizes with theta / c: the system of a series whose every step lasts c.
 
         Reused across calls while theta is unchanged and no gradient to theta is wanted: rebuilding the
         matrix exponential and the impulse response costs far more than a short forward pass.
@@ -196,10 +212,13 @@ class LMU(nn.Module):
         cacheable = not (torch.compiler.is_compiling() or torch.is_inference_mode_enabled()
                          or (torch.is_grad_enabled() and self.theta.requires_grad))
         key = (self.theta._version, self.theta.data_ptr(), self.theta.device, dtype, length, self.order,
-               self.discretizer) if cacheable else None
+               self.discretizer, time_scale) if cacheable else None
         if key is not None and key in self._system_cache:
             return self._system_cache[key]
-        A64, B64 = self.discretized(torch.float64)
+        if time_scale == 1.0:
+            A64, B64 = self.discretized(torch.float64)
+        else:
+            A64, B64 = discretize(self.order, self.theta.to(torch.float64) / time_scale, 1.0, self.discretizer)
         A_bar, B_bar = A64.to(dtype), B64.to(dtype)
         # The power series in float64, cast once: float32 powers drift over long sequences.
         H = None if length is None else impulse_response(A64, B64, length).to(dtype)
@@ -208,6 +227,12 @@ class LMU(nn.Module):
                 self._system_cache.clear()
             self._system_cache[key] = (A_bar, B_bar, H)
         return A_bar, B_bar, H
+
+    def _step_system(self, dt: torch.Tensor, dtype: torch.dtype):
+        """Per-sample matrices for step lengths ``dt`` (any shape): built in float64 for the distinct values
+        only, cast once. Returns A_bar ``(U, k, n, n)``, B_bar ``(U, k, n)`` and the index ``dt.shape``."""
+        A64, B64, index = discretize_steps(self.order, self.theta.to(torch.float64), dt, self.discretizer)
+        return A64.to(dtype), B64.to(dtype), index
 
     # ------------------------------------------------------------------------------------ validation
     def _check_x(self, x: torch.Tensor, name: str = "x", ndim: int = 3) -> None:
@@ -240,6 +265,41 @@ class LMU(nn.Module):
         if not torch.compiler.is_compiling() and not bool(((lengths >= 1) & (lengths <= time)).all()):
             raise ValueError(f"lengths must lie in [1, time={time}], got {lengths.tolist()}")
         return lengths.long()
+
+    @staticmethod
+    def _check_dt_shape(dt, shape: tuple, layout: str) -> None:
+        """dt must be a float tensor of exactly ``shape`` (named ``layout`` in the message): never broadcast."""
+        if not torch.is_tensor(dt):
+            raise TypeError(f"dt must be a torch.Tensor, got {type(dt).__name__}")
+        if not torch.is_floating_point(dt):
+            raise TypeError(f"dt must have a floating-point dtype, got {dt.dtype}")
+        if tuple(dt.shape) != tuple(shape):
+            raise ValueError(f"dt must have shape {layout}={tuple(shape)}, one step length per sample, "
+                             f"got {tuple(dt.shape)}")
+
+    @staticmethod
+    def _check_dt_values(dt, like: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor | None:
+        """dt (already of the right shape) must be finite and > 0 where ``valid`` (bool, dt's shape) is True.
+
+        The other entries (padding) are replaced by the first step of their sequence, so they add no
+        distinct value to discretize. Returns dt on ``like``'s device in its own float dtype, or None.
+        """
+        if dt is None:
+            return None
+        dt = dt.to(like.device)
+        if valid is not None:
+            dt = torch.where(valid, dt, dt[:, :1])
+        if not torch.compiler.is_compiling() and not bool(torch.all(torch.isfinite(dt) & (dt > 0))):
+            raise ValueError("dt must be finite and > 0 at every (unpadded) step")
+        return dt
+
+    @staticmethod
+    def _constant_step(dt: torch.Tensor) -> float | None:
+        """The common value if every entry of dt is the same (and dt needs no gradient), else None."""
+        if dt.requires_grad and torch.is_grad_enabled():
+            return None  # the uniform path would not pass a gradient back to each entry of dt
+        first = dt.reshape(-1)[0]
+        return float(first) if bool((dt == first).all()) else None
 
     def _check_state(self, state, batch: int, like: torch.Tensor) -> LMUState:
         memory_size = self.memory_d * self.order
@@ -296,7 +356,10 @@ class LMU(nn.Module):
         if self.memory_to_memory:
             u = u + memory @ self.memory_kernel
         m = memory.reshape(-1, self.memory_d, self.order)
-        m = apply_state_matrix(A_bar, m) + u[..., None] * B_bar
+        if A_bar.ndim == 4:  # a step length per sequence: A_bar (batch, k, n, n), B_bar (batch, k, n)
+            m = apply_step_matrices(A_bar, m) + u[..., None] * B_bar
+        else:
+            m = apply_state_matrix(A_bar, m) + u[..., None] * B_bar
         memory = m.reshape(-1, self.memory_d * self.order)
         if self.hidden_kind == "none":
             return memory, LMUState(memory, None)
@@ -308,9 +371,13 @@ class LMU(nn.Module):
         return hidden_ops.hidden_of(hidden), LMUState(memory, hidden)
 
     def _forward_recurrent(self, x, u_x, state, A_bar, B_bar, lengths, recurrent_mask):
+        """The loop. A_bar, B_bar: ``(k, n, n)``, ``(k, n)`` for every step, or (irregular steps) A_bar a
+        ``StepMatrices`` giving each step's ``(batch, k, n, n)``, ``(batch, k, n)``, and B_bar None."""
+        per_step = isinstance(A_bar, StepMatrices)
         outputs = []
         for t in range(x.shape[1]):
-            y_t, new = self._cell_step(x[:, t], u_x[:, t], state, A_bar, B_bar, recurrent_mask)
+            A_t, B_t = A_bar[t] if per_step else (A_bar, B_bar)
+            y_t, new = self._cell_step(x[:, t], u_x[:, t], state, A_t, B_t, recurrent_mask)
             if lengths is not None and t > 0:
                 valid = (t < lengths)[:, None]
                 new = LMUState(hidden_ops.masked_update(valid, new.memory, state.memory),
@@ -335,6 +402,11 @@ class LMU(nn.Module):
             memories = linear_memory_fft(u_x, A_bar, B_bar, m0, impulse=H)
         else:
             memories = linear_memory_conv(u_x, A_bar, B_bar, m0, self.conv_tol, impulse=H)
+        return self._outputs_of_memories(x, memories, state, lengths)
+
+    def _outputs_of_memories(self, x, memories, state, lengths):
+        """Outputs and final state from the memory of every step, ``(batch, time, memory_d, order)``."""
+        batch, time, _ = x.shape
         memories = memories.reshape(batch, time, -1)  # (batch, time, memory_d*order)
         last = (slice(None), -1) if lengths is None else (torch.arange(batch, device=x.device), lengths - 1)
         final_memory = memories[last]
@@ -367,8 +439,24 @@ class LMU(nn.Module):
         final_memory = linear_memory_final(u_x, A_bar, B_bar, m0, lengths, impulse=H).reshape(batch, -1)
         return h, LMUState(final_memory, hidden)
 
+    def _forward_varying(self, x, u_x, state, dt, lengths, recurrent_mask, starts_at_zero):
+        """Irregular steps: dt ``(batch, time)``, each sample with its own A_bar(dt), B_bar(dt).
+
+        A memory fed only by the input is computed first by its own loop (a batched matrix-vector product
+        per step), then the hidden part over all steps at once as in the parallel modes; with
+        hidden_to_memory or memory_to_memory the whole cell runs step by step.
+        """
+        batch = x.shape[0]
+        A_u, B_u, index = self._step_system(dt, x.dtype)
+        if self.hidden_to_memory or self.memory_to_memory:
+            return self._forward_recurrent(x, u_x, state, StepMatrices(A_u, B_u, index), None, lengths,
+                                           recurrent_mask)
+        m0 = None if starts_at_zero else state.memory.reshape(batch, self.memory_d, self.order)
+        memories = linear_memory_varying(u_x, A_u, B_u, index, m0)
+        return self._outputs_of_memories(x, memories, state, lengths)
+
     def forward(self, x: torch.Tensor, state: LMUState | tuple | None = None,
-                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, LMUState]:
+                lengths: torch.Tensor | None = None, dt: torch.Tensor | None = None) -> tuple[torch.Tensor, LMUState]:
         """Run the LMU over a sequence.
 
         Args:
@@ -376,6 +464,13 @@ class LMU(nn.Module):
             state: an ``LMUState`` from a previous call, to continue a sequence; None starts from zeros.
             lengths: ``(batch,)`` valid steps per sequence for a padded batch. Padding never reaches the
                 state, and outputs at padded steps are zero.
+            dt: ``(batch, time)`` (``(time, batch)`` if not batch_first), finite floats > 0: the time elapsed
+                before each sample, in the unit of theta (dt[:, 0]: from the state to the first sample).
+                Sample t's input is held over that interval. None means every step lasts 1 (the uniform
+                LMU). Entries past ``lengths`` are ignored. If every entry is the same c, the uniform
+                system with theta / c runs in the chosen mode (exactly the call without dt when c == 1);
+                otherwise a loop with per-sample matrices runs, whatever ``mode`` says. dt may require
+                grad: then it always takes that loop, each entry getting its own gradient.
 
         Returns:
             y: ``(batch, time, output_size)``, or ``(batch, output_size)`` if not return_sequences
@@ -383,14 +478,21 @@ class LMU(nn.Module):
             state: the ``LMUState`` after each sequence's last valid step.
         """
         self._check_x(x)
+        if dt is not None:  # shape checked as given, before the time-major layout is turned batch-first
+            self._check_dt_shape(dt, tuple(x.shape[:2]), "(batch, time)" if self.batch_first else "(time, batch)")
         if not self.batch_first:
             x = x.transpose(0, 1)
+            dt = None if dt is None else dt.transpose(0, 1)
         batch, time, _ = x.shape
         lengths = self._check_lengths(lengths, batch, time, x.device)
+        valid = None if lengths is None else torch.arange(time, device=x.device)[None, :] < lengths[:, None]
+        dt = self._check_dt_values(dt, x, valid)
+        time_scale = 1.0 if dt is None else self._constant_step(dt)
         starts_at_zero = state is None
         state = self._check_state(state, batch, x)
-        mode = self.resolve_mode(x.device)
-        A_bar, B_bar, H = self._system(x.dtype, None if mode == "recurrent" else time)
+        mode = "varying" if time_scale is None else self.resolve_mode(x.device)
+        if mode != "varying":  # uniform steps (of length time_scale): the LMU's own modes
+            A_bar, B_bar, H = self._system(x.dtype, None if mode == "recurrent" else time, time_scale)
         input_mask, recurrent_mask = self._dropout_masks(batch, x)
         u_x = self._input_drive(x, input_mask)
         step_is_valid = None
@@ -399,7 +501,9 @@ class LMU(nn.Module):
             # Zeroed, not just ignored: in an FFT, padding would otherwise leak in at rounding level.
             u_x = u_x * step_is_valid.to(u_x.dtype)
 
-        if mode == "recurrent":
+        if mode == "varying":
+            y, state = self._forward_varying(x, u_x, state, dt, lengths, recurrent_mask, starts_at_zero)
+        elif mode == "recurrent":
             y, state = self._forward_recurrent(x, u_x, state, A_bar, B_bar, lengths, recurrent_mask)
         else:
             y, state = self._forward_parallel(mode, x, u_x, state, A_bar, B_bar, H, lengths, starts_at_zero)
@@ -412,15 +516,26 @@ class LMU(nn.Module):
             y = y.transpose(0, 1)
         return y, state
 
-    def step(self, x_t: torch.Tensor, state: LMUState | tuple | None = None) -> tuple[torch.Tensor, LMUState]:
+    def step(self, x_t: torch.Tensor, state: LMUState | tuple | None = None,
+             dt: torch.Tensor | None = None) -> tuple[torch.Tensor, LMUState]:
         """Advance one step, for streaming: x_t ``(batch, input_size)`` -> y_t ``(batch, output_size)``, state.
 
         Equal to ``forward`` on the sequence, one sample at a time (in eval mode: in training, each call draws
-        its own dropout masks, where ``forward`` draws one per sequence).
+        its own dropout masks, where ``forward`` draws one per sequence). ``dt`` ``(batch,)``: the time since
+        each sequence's previous sample, as in ``forward``; None means 1.
         """
         self._check_x(x_t, "x_t", ndim=2)
-        state = self._check_state(state, x_t.shape[0], x_t)
-        A_bar, B_bar, _ = self._system(x_t.dtype, None)
+        batch = x_t.shape[0]
+        if dt is not None:
+            self._check_dt_shape(dt, (batch,), "(batch,)")
+        dt = self._check_dt_values(dt, x_t)
+        time_scale = 1.0 if dt is None else self._constant_step(dt)
+        state = self._check_state(state, batch, x_t)
+        if time_scale is None:
+            A_u, B_u, index = self._step_system(dt, x_t.dtype)
+            A_bar, B_bar = A_u[index], B_u[index]  # (batch, k, n, n), (batch, k, n)
+        else:
+            A_bar, B_bar, _ = self._system(x_t.dtype, None, time_scale)
         input_mask, recurrent_mask = self._dropout_masks(x_t.shape[0], x_t)
         u_x = self._input_drive(x_t[:, None], input_mask)[:, 0]
         return self._cell_step(x_t, u_x, state, A_bar, B_bar, recurrent_mask)

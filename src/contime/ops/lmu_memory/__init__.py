@@ -10,12 +10,17 @@ and return the memory for every step, (batch, time, D, n), except ``final`` whic
 and ``projected_memory_fft`` which returns W m_t, (batch, time, G), without forming m.
 
 ``naive`` is the reference loop; every other path is tested against it.
+
+``varying`` holds the time-varying memory of irregularly sampled series (a step length per sample), where
+A_bar and B_bar are indexed per (batch, step); see its docstring.
 """
 
 from .conv import linear_memory_conv
 from .fft import linear_memory_fft, projected_memory_fft
 from .final import linear_memory_final
 from .naive import linear_memory_naive
+from .varying import StepMatrices, apply_step_matrices, linear_memory_varying, linear_memory_varying_naive
 
 __all__ = ["linear_memory_naive", "linear_memory_fft", "linear_memory_conv", "linear_memory_final",
-           "projected_memory_fft"]
+           "projected_memory_fft", "linear_memory_varying", "linear_memory_varying_naive", "apply_step_matrices",
+           "StepMatrices"]
