@@ -10,6 +10,7 @@
     contime run sinusoid-long  the long-range variant
     contime run uea            a UEA/UCR set bundled with aeon
     contime run rt-scaling     seconds per epoch against length: Rough Transformer vs Transformer
+    contime run spiking        the LMU memory in m Poisson neurons: error and cost against m and d
 
 ``run`` holds one command per experiment (``contime run NAME --help`` for its options); each writes to
 ``<out-dir>/<experiment>/<timestamp>/``, and ``--quick`` runs a small version of the same code path.
@@ -42,7 +43,7 @@ def version() -> None:
 # One module per experiment in contime.experiments; each defines EXPERIMENT (its name) and ``command``,
 # a typer command function. The list is explicit so that `contime run --help` shows them in this order.
 # A module with several commands (one per task) lists them in COMMANDS instead.
-EXPERIMENTS = ("delay", "capacity", "mackey_glass", "psmnist", "theta", "irregular", "scaling")
+EXPERIMENTS = ("delay", "capacity", "mackey_glass", "psmnist", "theta", "irregular", "scaling", "spiking")
 
 
 def _register_experiments() -> None:
