@@ -255,3 +255,14 @@ def test_quick_run_writes_metrics_with_the_fitted_exponents(tmp_path):
         assert nengo_record["runs"] == 4 and nengo_record["speedup"] > 0
         assert len(set(nengo_record["ours_nrmse"])) == len(set(nengo_record["nengo_nrmse"])) == 4
     assert "joint fit" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--duration", "1.0"], "--duration"),
+    (["--mapping", "euler"], "mapping"),
+    (["--neurons", "2", "--orders", "3"], "neuron count"),
+])
+def test_quick_run_rejects_bad_options(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["run", "spiking", "--quick", "--out-dir", str(tmp_path), *args])
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "spiking").exists()  # checked before a run folder is made

@@ -64,7 +64,7 @@ _RESCALE_FROM = 4096
 
 
 def lif_rate(J: torch.Tensor, tau_rc: float, tau_ref: float) -> torch.Tensor:
-    """LIF firing rate in Hz of the input current J (any shape): 1 / (tau_ref + tau_rc ln(1 + 1 / (J - 1))), 0 for J <= 1."""
+    """LIF firing rate in Hz of the current J (any shape): 1 / (tau_ref + tau_rc ln(1 + 1 / (J - 1))); 0 for J <= 1."""
     j = (J - 1.0).clamp_min(0.0)  # j = 0 -> 1/j = inf -> rate 0: no branch needed for silent neurons
     return 1.0 / (tau_ref + tau_rc * torch.log1p(1.0 / j))
 
@@ -74,7 +74,8 @@ def lif_gain_bias(max_rates: torch.Tensor, intercepts: torch.Tensor, tau_rc: flo
     """Gain and bias that make a LIF neuron start firing at ``intercepts`` and fire ``max_rates`` at 1.
 
     With J(x) = gain * x + bias: J = 1 (threshold) at the intercept, and G(J_max) = max_rate at x = 1, where
-    1 / max_rate = tau_ref + tau_rc ln(1 + 1 / (J_max - 1)) gives J_max = 1 + 1 / (exp((1/max_rate - tau_ref) / tau_rc) - 1).
+    1 / max_rate = tau_ref + tau_rc ln(1 + 1 / (J_max - 1)) gives
+    J_max = 1 + 1 / (exp((1 / max_rate - tau_ref) / tau_rc) - 1).
     Then gain = (J_max - 1) / (1 - intercept) and bias = 1 - gain * intercept.
 
     Args:
@@ -282,7 +283,8 @@ class SpikingLMUMemory:
         self.reg = _check_positive("reg", reg)
         if readout_tau is None:
             readout_tau = self.tau
-        if isinstance(readout_tau, bool) or not isinstance(readout_tau, (int, float)) or not 0 <= readout_tau < math.inf:
+        if isinstance(readout_tau, bool) or not isinstance(readout_tau, (int, float)) \
+                or not 0 <= readout_tau < math.inf:
             raise ValueError(f"readout_tau must be a finite number >= 0, got {readout_tau!r}")
         if n_eval is None:
             n_eval = int(np.clip(500 * order, 750, 2500))

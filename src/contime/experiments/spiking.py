@@ -18,12 +18,14 @@ networks (LIF rates as Poisson intensities, the "discrete" mapping by default) o
 * Cost. Seconds per simulated step (all signals of a seed at once; the fastest seed per m, as other jobs on the
   machine only add time) and memory (the simulation's parameter tensors plus ``peak_tensor_bytes`` of a short
   simulation: every tensor that grows with m) against m, with fitted exponents (claim: 1) over all m and, for time,
-  over the three largest (a step has a fixed cost of ~16 torch calls, ~0.03 ms, that small layers do not hide).
+  over the three largest (a step has a fixed cost of ~16 torch calls, ~0.03 ms, that small layers do not hide), and
+  an affine fit seconds = fixed + per_neuron * m.
 * Nengo. For ``nengo_neurons`` at order ``nengo_order`` the same network goes to nengo's reference simulator
   (``SpikingLMUMemory.to_nengo``): seconds per step of both on single signals, and the nrmse of ``repeats`` spike
   realisations per signal on each, compared pairwise per signal (the two should agree in distribution).
 
-    contime run spiking --threads 1      m = 256 .. 65,536, d = 3, 6, 12, 3 seeds: about 10 minutes on 2 CPU cores
+    contime run spiking --threads 1      m = 256 .. 65,536, d = 3, 6, 12, 3 seeds, 2 x 10 s signals: ~10 minutes
+                                         on 2 CPU cores
     contime run spiking --quick          m = 64, 128, 256, d = 3, 6, 1 seed, 2.5 s signals: seconds
 """
 
@@ -51,8 +53,8 @@ from .rundir import OUT_DIR_OPTION, QUIET_OPTION, command_console, experiment_co
 EXPERIMENT = "spiking"
 EVAL_POINTS = ("ball", "states")
 
-FULL = {"neurons": [256, 1024, 4096, 16384, 65536], "orders": [3, 6, 12], "seeds": [0, 1, 2], "duration": 6.0,
-        "signals": 2, "nengo_neurons": [256, 1024, 4096], "nengo_order": 6, "repeats": 3, "memory_steps": 20}
+FULL = {"neurons": [256, 1024, 4096, 16384, 65536], "orders": [3, 6, 12], "seeds": [0, 1, 2], "duration": 10.0,
+        "signals": 2, "nengo_neurons": [256, 1024, 4096], "nengo_order": 6, "repeats": 5, "memory_steps": 20}
 QUICK = {"neurons": [64, 128, 256], "orders": [3, 6], "seeds": [0], "duration": 2.5, "signals": 2,
          "nengo_neurons": [64, 128], "nengo_order": 3, "repeats": 2, "memory_steps": 20}
 # Shared by both presets: the paper's theta = 1 s, nengo's dt and a 100 ms synapse.
@@ -110,7 +112,7 @@ class Task:
         return net.decode(memory[:, self.warmup:], [net.theta])
 
     def references(self, net: SpikingLMUMemory) -> tuple[torch.Tensor, torch.Tensor]:
-        """(LMU's u(t - theta), ideal u(t - theta)), each ``(signals, scored, 1)``, as the network's readout sees them."""
+        """(LMU's u(t - theta), ideal u(t - theta)), each ``(signals, scored, 1)``, as the readout sees them."""
         if self.memory is None:
             self.memory = self.delayed(net, net.reference(self.u))
             lag = int(round(net.theta / net.dt)) + 1  # x_hat_t follows m_{t-1}, which holds u(t - 1 - theta/dt)
@@ -122,9 +124,9 @@ class Task:
 def build(config: dict[str, Any], task: Task, m: int, device: torch.device) -> tuple[SpikingLMUMemory, float]:
     """The network of one (order, m, seed) and its construction time in seconds."""
     start = time.perf_counter()
-    net = SpikingLMUMemory(task.order, config["theta"], m, tau=config["tau"], dt=config["dt"], mapping=config["mapping"],
-                           radius=task.radius, reg=config["reg"], seed=task.seed, device=device,
-                           eval_points=task.eval_states)
+    net = SpikingLMUMemory(task.order, config["theta"], m, tau=config["tau"], dt=config["dt"],
+                           mapping=config["mapping"], radius=task.radius, reg=config["reg"], seed=task.seed,
+                           device=device, eval_points=task.eval_states)
     return net, time.perf_counter() - start
 
 
@@ -169,9 +171,11 @@ def measure(config: dict[str, Any], task: Task, m: int, device: torch.device) ->
     return {
         "order": task.order, "n_neurons": m, "seed": task.seed,
         "nrmse_lmu": nrmse(estimate, lmu, task.rms), "nrmse_ideal": nrmse(estimate, ideal, task.rms),
-        "rate_nrmse_lmu": nrmse(rate_estimate, lmu, task.rms), "rate_nrmse_ideal": nrmse(rate_estimate, ideal, task.rms),
+        "rate_nrmse_lmu": nrmse(rate_estimate, lmu, task.rms),
+        "rate_nrmse_ideal": nrmse(rate_estimate, ideal, task.rms),
         "lmu_nrmse_ideal": nrmse(lmu, ideal, task.rms),
-        "state_nrmse_lmu": float((decoded[:, task.warmup:] - reference_state).pow(2).sum(-1).mean().sqrt()) / state_scale,
+        "state_nrmse_lmu": float((decoded[:, task.warmup:] - reference_state).pow(2).sum(-1).mean().sqrt())
+        / state_scale,
         "fit_error_rms": float(net.fit_error.pow(2).mean().sqrt()) / net.radius,
         "radius": net.radius, "n_eval": net.n_eval, "build_seconds": build_seconds,
         "seconds_per_step": seconds, "rate_seconds_per_step": rate_seconds, "batch": task.u.shape[0],
@@ -239,6 +243,12 @@ def loglog_slope(x, y) -> dict[str, float]:
     return {"exponent": float(coef[1]), "se": float(se[1]), "intercept": float(coef[0]), "points": len(x)}
 
 
+def affine_time(sizes: list[int], seconds: list[float]) -> dict[str, float]:
+    """seconds per step = fixed + per_neuron * m by least squares: the fixed cost of a step and the cost per neuron."""
+    coef, se = least_squares([np.asarray(sizes, dtype=float)], np.asarray(seconds, dtype=float))
+    return {"seconds_fixed": float(coef[0]), "seconds_per_neuron": float(coef[1]), "se_per_neuron": float(se[1])}
+
+
 def fit_all(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Exponents of error, time and memory against m per order, and the joint fit in m and d."""
     fits: dict[str, Any] = {"per_order": {}}
@@ -259,6 +269,7 @@ def fit_all(rows: list[dict[str, Any]]) -> dict[str, Any]:
                                                         for r in mine]))),
             "time": loglog_slope(sizes, fastest),
             "time_largest": loglog_slope(sizes[-3:], fastest[-3:]),
+            "time_affine": affine_time(sizes, fastest),
             "memory": loglog_slope(ms, [r["memory_bytes"] for r in mine]),
             "memory_largest": loglog_slope([r["n_neurons"] for r in top], [r["memory_bytes"] for r in top]),
         }
@@ -375,6 +386,10 @@ def check_config(config: dict[str, Any]) -> None:
                            f"{config['orders']}")
     if config["nengo_neurons"] and min(config["nengo_neurons"]) < config["nengo_order"]:
         raise SpikingError(f"nengo neuron counts must be >= the nengo order {config['nengo_order']}")
+    warmup = config["theta"] + 5 * config["tau"]
+    if config["duration"] <= warmup:
+        raise SpikingError(f"--duration {config['duration']:g} s must exceed theta + 5 tau = {warmup:g} s (the "
+                           "unscored start)")
     if config["mapping"] not in MAPPINGS:
         raise SpikingError(f"mapping must be one of {MAPPINGS}, got {config['mapping']!r}")
     if config["eval_points"] not in EVAL_POINTS:
@@ -403,7 +418,7 @@ def results_table(rows: list[dict[str, Any]], fits: dict[str, Any]) -> Table:
 def fits_table(fits: dict[str, Any]) -> Table:
     table = Table(title="Fitted exponents against m (least squares on log-log, ± standard error)")
     for column in ("d", "Poisson error", "rate error", "spike-noise part", "err·√m", "time", "time (3 largest m)",
-                   "memory"):
+                   "step: fixed ms + ns/neuron", "memory"):
         table.add_column(column, justify="right")
 
     def show(fit):
@@ -412,8 +427,10 @@ def fits_table(fits: dict[str, Any]) -> Table:
         return f"{fit['exponent']:.3f} ± {fit['se']:.3f}" if math.isfinite(fit["se"]) else f"{fit['exponent']:.3f}"
 
     for order, fit in fits["per_order"].items():
+        affine = fit["time_affine"]
         table.add_row(order, show(fit["error"]), show(fit["rate_error"]), show(fit["noise_error"]),
                       f"{fit['error_times_sqrt_m']:.2f}", show(fit["time"]), show(fit["time_largest"]),
+                      f"{affine['seconds_fixed'] * 1e3:.3f} + {affine['seconds_per_neuron'] * 1e9:.1f}",
                       show(fit["memory"]))
     return table
 
