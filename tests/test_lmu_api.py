@@ -116,6 +116,29 @@ def test_bidirectional_is_forward_plus_reversed_backward(batch_first):
     assert not torch.equal(bi.forward_lmu.input_kernel, bi.backward_lmu.input_kernel)
 
 
+@pytest.mark.parametrize("batch_first", [True, False], ids=["batch-first", "time-major"])
+def test_bidirectional_with_irregular_steps_reads_the_reversed_times(batch_first):
+    forward = contime.LMU(2, 2, 4, 6.0, nn.GRUCell(8, 3), batch_first=batch_first).double()
+    bi = contime.BidirectionalLMU(forward).double()
+    lengths = torch.tensor([9, 5])
+    x = torch.randn(2, 9, 2, dtype=torch.float64)
+    times = torch.cumsum(torch.rand(2, 9, dtype=torch.float64) + 0.2, dim=1)
+    dt = torch.diff(times, dim=1, prepend=torch.zeros(2, 1, dtype=torch.float64))
+    as_in = (lambda t: t) if batch_first else (lambda t: t.transpose(0, 1))
+    y, (state_f, state_b) = bi(as_in(x), lengths=lengths, dt=as_in(dt))
+    y = as_in(y)
+    for b, n in enumerate(lengths.tolist()):
+        seq, t = x[b:b + 1, :n], times[b:b + 1, :n]
+        y_f, _ = bi.forward_lmu(as_in(seq), dt=as_in(dt[b:b + 1, :n]))
+        # Reversed time: -t read backwards increases; its first gap is the original first one.
+        t_rev = -t.flip(1)
+        dt_rev = torch.cat([dt[b:b + 1, :1], torch.diff(t_rev, dim=1)], dim=1)
+        y_b, s_b = bi.backward_lmu(as_in(seq.flip(1)), dt=as_in(dt_rev))
+        torch.testing.assert_close(y[b:b + 1, :n, :3], as_in(y_f), atol=1e-12, rtol=0)
+        torch.testing.assert_close(y[b:b + 1, :n, 3:], as_in(y_b).flip(1), atol=1e-12, rtol=0)
+        torch.testing.assert_close(state_b.memory[b:b + 1], s_b.memory, atol=1e-12, rtol=0)
+
+
 def test_reverse_padded():
     x = torch.arange(10.0).reshape(2, 5, 1)
     got = reverse_padded(x, torch.tensor([5, 3]))[..., 0]

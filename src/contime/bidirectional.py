@@ -54,16 +54,27 @@ class BidirectionalLMU(nn.Module):
         self.backward_lmu = backward_lmu
         self.output_size = forward_lmu.output_size + backward_lmu.output_size
 
-    def forward(self, x: torch.Tensor, state=None, lengths: torch.Tensor | None = None):
-        """x: ``(batch, time, input_size)``; state: (forward_state, backward_state) or None."""
+    def forward(self, x: torch.Tensor, state=None, lengths: torch.Tensor | None = None,
+                dt: torch.Tensor | None = None):
+        """x: ``(batch, time, input_size)``; state: (forward_state, backward_state) or None; dt: ``(batch, time)``
+        time since the previous sample (see ``LMU.forward``), or None for equal steps.
+
+        The backward LMU reads the series reversed, so its gaps are reversed too: its step j > 0 (original sample
+        n - 1 - j) follows original sample n - j after dt[n - j]; its first step keeps dt[0].
+        """
         state_f, state_b = (None, None) if state is None else state
-        y_f, state_f = self.forward_lmu(x, state_f, lengths)
+        y_f, state_f = self.forward_lmu(x, state_f, lengths, dt=dt)
         time_axis = 1 if self.forward_lmu.batch_first else 0
         as_batch_first = (lambda t: t) if time_axis == 1 else (lambda t: t.transpose(0, 1))
         if lengths is not None:
             lengths = torch.as_tensor(lengths, device=x.device)
         x_rev = as_batch_first(reverse_padded(as_batch_first(x), lengths))
-        y_b, state_b = self.backward_lmu(x_rev, state_b, lengths)
+        dt_rev = None
+        if dt is not None:
+            gaps = as_batch_first(dt)  # (batch, time); shapes were checked by the forward LMU
+            reversed_gaps = reverse_padded(gaps[..., None], lengths)[..., 0]  # [j] = dt[n - 1 - j]
+            dt_rev = as_batch_first(torch.cat([gaps[:, :1], reversed_gaps[:, :-1]], dim=1))
+        y_b, state_b = self.backward_lmu(x_rev, state_b, lengths, dt=dt_rev)
         if self.forward_lmu.return_sequences:
             y_b = as_batch_first(reverse_padded(as_batch_first(y_b), lengths))
         return torch.cat([y_f, y_b], dim=-1), (state_f, state_b)
