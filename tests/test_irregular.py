@@ -176,3 +176,11 @@ def test_rt_scaling_quick(tmp_path):
     assert {r["length"] for r in metrics["results"]} == {50, 100, 200}
     assert set(metrics["config"]["exponents"]) == {"RT", "RT-offline", "Transformer"}
     assert all(math.isfinite(r["value"]) for r in metrics["results"])
+
+
+def test_pack_valid_keeps_gaps_of_epoch_timestamps():
+    values, times, mask = irregular()
+    _, tau, _ = pack_valid(values.double(), times.double(), mask)
+    _, tau32, _ = pack_valid(values, times.double() + 1.7e9, mask)  # float32 values, float64 epoch seconds
+    assert tau32.dtype == torch.float32
+    torch.testing.assert_close(tau32.double(), tau, rtol=0, atol=1e-6)

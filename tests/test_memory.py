@@ -29,5 +29,6 @@ def test_pre_existing_tensors_are_not_counted_and_backward_is():
         loss.backward()
 
     _, peak = peak_tensor_bytes(step)
-    assert 51_200 <= peak < 51_200 * 4 + 80_000 + 1000
+    # Two activations stay alive for backward, then weight.grad (80,000) joins: 131,208 measured.
+    assert 51_200 + 80_000 <= peak <= 51_200 * 2 + 80_000 + 1000
     assert weight.grad is not None

@@ -282,3 +282,19 @@ def test_masked_points_do_not_matter():
     b, _ = signature_features(scrambled, times2, mask, config)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert math.isfinite(float(a.sum()))
+
+
+def test_epoch_timestamps_with_float32_values_keep_their_gaps():
+    # Unix-epoch seconds (~1.7e9) in float64 with float32 values: the gaps must survive the cast.
+    values, times, mask = irregular_batch(batch=2, length=30, seed=15)
+    config = SignatureConfig(depth=3, n_windows=5)
+    reference, _ = signature_features(values, times, mask, config)
+    got, _ = signature_features(values.float(), times + 1.7e9, mask, config)
+    assert (got.double() - reference).norm() / reference.norm() < 1e-5
+    fixed = SignatureConfig(depth=2, n_windows=4, time_range=(1.7e9, 1.7e9 + 40.0))
+    a, _ = signature_features(values, times, mask, SignatureConfig(depth=2, n_windows=4, time_range=(0.0, 40.0)))
+    b, _ = signature_features(values.float(), times + 1.7e9, mask, fixed)
+    assert (b.double() - a).norm() / a.norm() < 1e-5
+    # A gap that even relative times cannot hold in float32 (1e-3 s after 1e8 s) is refused, not merged.
+    with pytest.raises(ValueError, match="too close together"):
+        signature_features(torch.zeros(1, 3, 1), torch.tensor([[0.0, 1e8, 1e8 + 1e-3]], dtype=F64), None, config)

@@ -20,7 +20,7 @@ from torch import nn
 
 from .lmu import LMU
 from .rough_transformer import TokenEncoder
-from .signatures import check_series
+from .signatures import check_series, relative_times
 
 
 def pack_valid(values: torch.Tensor, times: torch.Tensor, mask: torch.Tensor | None
@@ -36,7 +36,7 @@ def pack_valid(values: torch.Tensor, times: torch.Tensor, mask: torch.Tensor | N
     valid = torch.arange(order.shape[1], device=mask.device)[None, :] < lengths[:, None]
     x = torch.gather(values, 1, order[..., None].expand(-1, -1, values.shape[2]))
     x = torch.where(valid[..., None], x, torch.zeros_like(x))
-    t = torch.gather(times.to(values.dtype), 1, order)
+    t = torch.gather(relative_times(times, mask, values.dtype), 1, order)
     last = torch.gather(t, 1, (lengths - 1)[:, None])
     t = torch.where(valid, t, last)
     span = (last[:, 0] - t[:, 0]).clamp(min=torch.finfo(t.dtype).tiny)

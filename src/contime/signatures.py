@@ -156,15 +156,39 @@ def check_series(values: torch.Tensor, times: torch.Tensor, mask: torch.Tensor |
         raise ValueError("values contain NaN or Inf at valid (mask=True) points")
     if not bool(torch.isfinite(times[mask]).all()):
         raise ValueError("times contain NaN or Inf at valid (mask=True) points")
-    # Strictly increasing over each series' valid points, wherever they sit in the row.
-    sorted_times, _ = _compress(times, mask)
-    gaps = sorted_times[:, 1:] - sorted_times[:, :-1]
-    both_valid = torch.arange(1, times.shape[1], device=times.device)[None, :] < mask.sum(1, keepdim=True)
-    bad = (both_valid & ~(gaps > 0)).any(dim=1)
+    bad = _not_increasing(times, mask)
     if bool(bad.any()):
         raise ValueError(f"times must be strictly increasing over the valid points of each series; series "
                          f"{bad.nonzero()[:, 0].tolist()} are not")
     return mask
+
+
+def _not_increasing(times: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(batch,)`` bool: the series whose valid times are not strictly increasing (wherever they sit in the row)."""
+    sorted_times, _ = _compress(times, mask)
+    gaps = sorted_times[:, 1:] - sorted_times[:, :-1]
+    both_valid = torch.arange(1, times.shape[1], device=times.device)[None, :] < mask.sum(1, keepdim=True)
+    return (both_valid & ~(gaps > 0)).any(dim=1)
+
+
+def relative_times(times: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype,
+                   start: float | None = None) -> torch.Tensor:
+    """Times measured from each series' first valid time (or from ``start``), computed in the times' own dtype,
+    then cast to ``dtype``: ``(batch, length)``.
+
+    Subtracting first keeps the gaps: float64 epoch timestamps (about 1.7e9 s) cast straight to float32 would
+    collapse onto one value. Raises ValueError if the gaps still vanish in ``dtype``.
+    """
+    if start is None:
+        origin = torch.where(mask, times, torch.finfo(times.dtype).max).amin(dim=1, keepdim=True)
+    else:
+        origin = times.new_full((times.shape[0], 1), float(start))
+    relative = torch.where(mask, times - origin, torch.zeros_like(times)).to(dtype)
+    bad = _not_increasing(relative, mask)
+    if bool(bad.any()):
+        raise ValueError(f"times of series {bad.nonzero()[:, 0].tolist()} are too close together for {dtype} "
+                         f"(the values' dtype), even measured from each series' start; use float64 values")
+    return relative
 
 
 def _compress(tensor: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,14 +339,17 @@ def signature_features(values: torch.Tensor, times: torch.Tensor, mask: torch.Te
     """
     config = config or SignatureConfig()
     mask = check_series(values, times, mask)
-    times = times.to(values.dtype)
+    time_range = None
     if config.time_range is not None:
         start, end = config.time_range
         outside = mask & ((times < start) | (times > end))
         if bool(outside.any()):
             raise ValueError(f"times of valid points must lie inside time_range={config.time_range}; series "
                              f"{outside.any(1).nonzero()[:, 0].tolist()} have points outside")
-    paths, grid = window_paths(values, times, mask, config.n_windows, config.time_range, config.include_time)
+        time_range = (0.0, end - start)
+    # From here on, times count from the series' start (or the range's), in the values' dtype.
+    times = relative_times(times, mask, values.dtype, None if config.time_range is None else config.time_range[0])
+    paths, grid = window_paths(values, times, mask, config.n_windows, time_range, config.include_time)
     batch, windows, points, _ = paths.shape
     if config.univariate:  # (batch, K, P, C, [tau +] 1) -> one path per channel
         x = paths[..., int(config.include_time):]
@@ -357,7 +384,7 @@ def signature_features(values: torch.Tensor, times: torch.Tensor, mask: torch.Te
                            degree=config.depth, method=LOG_SIG_METHOD).reshape(*features.shape[:-1], -1)
     # Per token: views outermost, then channel groups, then the signature terms.
     features = features.reshape(batch, groups, windows, features.shape[2], -1).permute(0, 2, 3, 1, 4)
-    _, norm = grid_times(times, mask, config.n_windows, config.time_range)
+    _, norm = grid_times(times, mask, config.n_windows, time_range)
     token_times = (grid[:, 1:] - norm[:, :1]) / norm[:, 1:]
     return features.reshape(batch, windows, -1), token_times
 
