@@ -255,6 +255,7 @@ def fit_all(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for order in sorted({r["order"] for r in rows}):
         mine = [r for r in rows if r["order"] == order]
         ms = [r["n_neurons"] for r in mine]
+        # The spike-noise part is defined only where spikes add error over rates; the runs left out are counted.
         noise = [(r["n_neurons"], math.sqrt(r["nrmse_lmu"] ** 2 - r["rate_nrmse_lmu"] ** 2)) for r in mine
                  if r["nrmse_lmu"] > r["rate_nrmse_lmu"]]
         # Time: the fastest seed per m (other jobs on the machine only ever add time); memory: every run.
@@ -265,6 +266,7 @@ def fit_all(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "error": loglog_slope(ms, [r["nrmse_lmu"] for r in mine]),
             "rate_error": loglog_slope(ms, [r["rate_nrmse_lmu"] for r in mine]),
             "noise_error": loglog_slope([n for n, _ in noise], [e for _, e in noise]),
+            "noise_error_runs_left_out": len(mine) - len(noise),
             "error_times_sqrt_m": float(np.exp(np.mean([math.log(r["nrmse_lmu"] * math.sqrt(r["n_neurons"]))
                                                         for r in mine]))),
             "time": loglog_slope(sizes, fastest),
