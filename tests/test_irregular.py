@@ -103,6 +103,9 @@ BASELINES = {
     "gru": lambda: GRUBaseline(2, 3, hidden_size=8),
     "ncde": lambda: NeuralCDEBaseline(2, 3, hidden_size=8, width=16),
     "lmu": lambda: LMUBaseline(2, 3, order=8, memory_d=2, hidden_size=8, theta=20.0, time_aware=False),
+    "lmu-feedforward": lambda: LMUBaseline(2, 3, order=8, memory_d=2, hidden_size=8, theta=20.0, time_aware=False,
+                                           hidden="feedforward"),
+    "lmu-dt": lambda: LMUBaseline(2, 3, order=8, memory_d=2, hidden_size=8, theta=1.0, time_aware=True),
 }
 
 

@@ -123,20 +123,30 @@ class NeuralCDEBaseline(nn.Module):
 
 
 class LMUBaseline(nn.Module):
-    """An LMU over the valid samples and a linear head on its final output.
+    """An LMU over the valid samples and a linear head on its output at each series' last valid sample.
 
     Uniform (``time_aware=False``): the samples are taken as equally spaced steps; theta is in steps.
-    Time-aware: the memory advances by the real gaps, dt_i = tau_i - tau_{i-1} (the first step by the first gap),
-    and theta is in units of tau (1.0 = the whole series).
+    Time-aware: the memory advances by the real gaps, dt_i = tau_i - tau_{i-1}, and theta is in units of tau
+    (1.0 = the whole series). The first step takes the first gap (a one-point series: dt = 1, the whole window).
+    ``hidden="gru"`` puts a GRU cell over [memory, x] (the stronger choice, measured on BasicMotions by the
+    estimators: 0.925 against 0.75); ``"feedforward"`` a tanh layer on the final memory alone (much faster: the
+    memory then has a closed form at the last step).
     """
 
     def __init__(self, in_channels: int, out_features: int, *, order: int = 32, memory_d: int = 4,
-                 hidden_size: int = 64, theta: float = 1.0, time_aware: bool = True):
+                 hidden_size: int = 64, theta: float = 1.0, time_aware: bool = True, hidden: str = "gru"):
         super().__init__()
+        if hidden not in ("gru", "feedforward"):
+            raise ValueError(f"hidden must be 'gru' or 'feedforward', got {hidden!r}")
         self.time_aware = bool(time_aware)
-        hidden = nn.Sequential(nn.Linear(memory_d * order, hidden_size), nn.Tanh())
-        self.lmu = LMU(in_channels, memory_d=memory_d, order=order, theta=theta, hidden_cell=hidden,
-                       return_sequences=False)
+        if hidden == "gru":
+            cell = nn.GRUCell(memory_d * order + in_channels, hidden_size)
+            self.lmu = LMU(in_channels, memory_d=memory_d, order=order, theta=theta, hidden_cell=cell,
+                           input_to_hidden=True, return_sequences=False)
+        else:
+            cell = nn.Sequential(nn.Linear(memory_d * order, hidden_size), nn.Tanh())
+            self.lmu = LMU(in_channels, memory_d=memory_d, order=order, theta=theta, hidden_cell=cell,
+                           return_sequences=False)
         self.head = nn.Linear(hidden_size, out_features)
 
     def forward(self, values, times, mask=None):
@@ -147,7 +157,8 @@ class LMUBaseline(nn.Module):
         gaps = torch.diff(tau, dim=1)
         first = gaps[:, :1] if gaps.shape[1] else torch.ones_like(tau[:, :1])
         dt = torch.cat([first, gaps], dim=1)
-        # Past each series' end the gaps are 0 (tau is held); those steps are masked by lengths, but dt must be > 0.
+        # Zero gaps occur only past a series' end (tau is held there; check_series refuses repeated times), or
+        # as the first gap of a one-point series: those become 1. Steps past the end are masked by lengths.
         dt = torch.where(dt > 0, dt, torch.ones_like(dt))
         y, _ = self.lmu(x, lengths=lengths, dt=dt)
         return self.head(y)

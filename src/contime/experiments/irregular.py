@@ -9,8 +9,8 @@ Every run trains, for each seed, each model of ``--models``:
     Transformer  the same encoder with one token per sample (baselines.TransformerBaseline)
     GRU          a GRU with time gaps as input
     NCDE         a Neural CDE (torchcde 0.2.5, RK4, one step per sample)
-    LMU          the uniform LMU (samples taken as equally spaced)
-    LMU-dt       the time-aware LMU (memory advanced by the real gaps)
+    LMU          the uniform LMU (samples taken as equally spaced), a GRU cell over memory and input
+    LMU-dt       the time-aware LMU (memory advanced by the real gaps), the same cell
 and reports the test accuracy of the best-validation epoch as mean +- std over seeds, seconds per epoch, and
 the peak memory of one training step (CUDA: the allocator's peak; CPU: the peak of live tensors counted at
 dispatch level; both above the memory held before the step).
@@ -119,7 +119,8 @@ def build_model(name: str, channels: int, classes: int, config: dict[str, Any]) 
         # The window spans the whole series: 1.0 in tau units, or the expected count of kept samples in steps.
         theta = 1.0 if aware else max(2.0, config["steps_kept"])
         return LMUBaseline(channels, classes, order=config["lmu_order"], memory_d=config["lmu_memory_d"],
-                           hidden_size=config["rnn_hidden"], theta=theta, time_aware=aware)
+                           hidden_size=config["rnn_hidden"], theta=theta, time_aware=aware,
+                           hidden=config.get("lmu_hidden", "feedforward"))
     raise ValueError(f"model must be one of {list(MODELS)}, got {name!r}")
 
 
@@ -306,7 +307,7 @@ def make_config(task: str, quick: bool = False, **overrides: Any) -> dict[str, A
                       "basepoint": bool(preset.get("basepoint", task == "uea"))},
         "d_model": 32 if quick else 64, "n_heads": 4, "n_layers": 2, "dropout": 0.1,
         "rnn_hidden": 32 if quick else 64, "cde_hidden": 16 if quick else 32,
-        "lmu_order": 16 if quick else 32, "lmu_memory_d": 4,
+        "lmu_order": 16 if quick else 32, "lmu_memory_d": 4, "lmu_hidden": preset.get("lmu_hidden", "gru"),
         "contime_version": __version__,
     }
     return config
@@ -420,6 +421,8 @@ def _command(task: str):
         basepoint: Optional[bool] = typer.Option(None, "--basepoint/--no-basepoint", help="RT: paths start at the "
                                                  "origin, so signatures see levels (default for uea)."),
         online: bool = typer.Option(False, "--online", help="RT: signatures inside the model, every step."),
+        lmu_hidden: str = typer.Option("gru", "--lmu-hidden", help="The LMU baselines' hidden layer: gru (over "
+                                       "memory and input, every step) or feedforward (on the final memory)."),
         max_steps_per_epoch: Optional[int] = typer.Option(None, "--max-steps-per-epoch", min=1),
         time_budget: Optional[float] = typer.Option(None, "--time-budget", min=0.0, help="Seconds per model and "
                                                     "seed: no new epoch starts after (the epochs done are recorded)."),
@@ -434,12 +437,15 @@ def _command(task: str):
             raise typer.BadParameter("only `contime run uea` takes a dataset", param_hint="--dataset")
         if drop_mode not in DROP_MODES:
             raise typer.BadParameter(f"choose fixed or redraw, got {drop_mode!r}", param_hint="--drop-mode")
+        if lmu_hidden not in ("gru", "feedforward"):
+            raise typer.BadParameter(f"choose gru or feedforward, got {lmu_hidden!r}", param_hint="--lmu-hidden")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise typer.BadParameter(f"{device!r} asked for, but CUDA is not available here", param_hint="--device")
         config = make_config(task, quick, dataset=dataset, drop=drop, drop_mode=drop_mode, models=parse_models(models),
                              seeds=parse_seeds(seeds), epochs=epochs, length=length,
                              n_per_class=n_per_class, batch_size=batch_size, lr=lr, n_windows=n_windows, depth=depth,
-                             univariate=univariate, log_signature=log_signature or None, basepoint=basepoint, online=online or None,
+                             univariate=univariate, log_signature=log_signature or None, basepoint=basepoint,
+                             online=online or None, lmu_hidden=lmu_hidden,
                              max_steps_per_epoch=max_steps_per_epoch, time_budget=time_budget)
         if task == "sinusoid-long" and config["length"] <= 251:
             raise typer.BadParameter("the long variant needs more than 251 points", param_hint="--length")
