@@ -46,7 +46,7 @@ from ..signatures import SignatureConfig, precompute_features
 from ..training import TrainConfig, Trainer, count_parameters
 from ..training.memory import peak_tensor_bytes
 from .rundir import (OUT_DIR_OPTION, QUIET_OPTION, RESUME_OPTION, RUN_DIR_OPTION, command_console, experiment_command,
-                     open_run_dir, parse_names, write_metrics)
+                     open_run_dir, parse_names, parse_seeds, write_metrics)
 
 MODELS = ("RT", "Transformer", "GRU", "NCDE", "LMU", "LMU-dt")
 TASKS = ("sinusoid", "sinusoid-long", "uea")
@@ -381,18 +381,6 @@ def run_irregular(config: dict[str, Any], *, device: str = "cpu", quiet: bool = 
 # ------------------------------------------------------------------------------------------------ commands
 def parse_models(text: str) -> list[str]:
     return parse_names(text, MODELS)
-
-
-def parse_seeds(text: Optional[str]) -> Optional[list[int]]:
-    if text is None:
-        return None
-    try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise typer.BadParameter(f"expected distinct integers >= 0, got {text!r}", param_hint="--seeds")
-    return seeds
 
 
 def _command(task: str):

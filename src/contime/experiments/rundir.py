@@ -112,6 +112,19 @@ def parse_ints(text: Optional[str], name: str) -> Optional[list[int]]:
     return values
 
 
+def parse_seeds(text: Optional[str], option: str = "--seeds") -> Optional[list[int]]:
+    """Distinct integer seeds >= 0 from a comma-separated option (None stays None)."""
+    if text is None:
+        return None
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise typer.BadParameter(f"expected distinct integers >= 0, got {text!r}", param_hint=option)
+    return seeds
+
+
 def parse_names(text: str, choices, option: str = "--models") -> list[str]:
     """A comma-separated choice of names from an option, matched without regard to case and returned as spelled in
     ``choices``: ``"lmu,LSTM"`` -> ``["LMU", "LSTM"]``. Unknown, missing or repeated names raise

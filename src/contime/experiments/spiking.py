@@ -47,8 +47,8 @@ from ..data.delay import band_limited_noise
 from ..spiking import MAPPINGS, SpikingLMUMemory, delay_steps, linear_memory, lowpass, memory_radius
 from ..legendre import discretize
 from ..training.memory import peak_tensor_bytes
-from .rundir import OUT_DIR_OPTION, QUIET_OPTION, command_console, experiment_command, open_run_dir, parse_ints, \
-    result_record, write_metrics
+from .rundir import (OUT_DIR_OPTION, QUIET_OPTION, command_console, experiment_command, open_run_dir, parse_ints,
+                     parse_seeds, result_record, write_metrics)
 
 EXPERIMENT = "spiking"
 EVAL_POINTS = ("ball", "states")
@@ -504,18 +504,6 @@ def run_spiking(config: dict[str, Any], *, out_dir: str | Path = "runs", device:
     return run_path, results
 
 
-def _parse_seeds(text: Optional[str]) -> Optional[list[int]]:
-    if text is None:
-        return None
-    try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"expected a comma-separated list of integers, got {text!r}", param_hint="--seeds")
-    if not seeds or any(s < 0 for s in seeds):
-        raise typer.BadParameter(f"expected integers >= 0, got {text!r}", param_hint="--seeds")
-    return seeds
-
-
 def command(
     quick: bool = typer.Option(False, "--quick", help="m = 64, 128, 256, d = 3, 6, one seed, short signals."),
     neurons: Optional[str] = typer.Option(None, "--neurons", help="Neuron counts, e.g. 256,4096 (default "
@@ -535,7 +523,7 @@ def command(
 ) -> None:
     """The LMU memory in m Poisson neurons: error against m and d (claim O(d/sqrt(m))), cost (claim O(m)), nengo."""
     config = make_config(quick, neurons=parse_ints(neurons, "--neurons"), orders=parse_ints(orders, "--orders"),
-                         seeds=_parse_seeds(seeds), nengo_neurons=parse_ints(nengo_neurons, "--nengo-neurons"),
+                         seeds=parse_seeds(seeds), nengo_neurons=parse_ints(nengo_neurons, "--nengo-neurons"),
                          duration=duration, mapping=mapping, eval_points=eval_points)
     console = command_console()
     with experiment_command(console, threads, SpikingError):
