@@ -20,7 +20,7 @@ from torch import nn
 
 from .lmu import LMU
 from .rough_transformer import TokenEncoder
-from .signatures import check_series, relative_times
+from .signatures import check_series, compress_valid, relative_times
 
 
 def pack_valid(values: torch.Tensor, times: torch.Tensor, mask: torch.Tensor | None
@@ -32,9 +32,10 @@ def pack_valid(values: torch.Tensor, times: torch.Tensor, mask: torch.Tensor | N
     """
     mask = check_series(values, times, mask)
     lengths = mask.sum(dim=1)
-    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, : int(lengths.max())]
-    valid = torch.arange(order.shape[1], device=mask.device)[None, :] < lengths[:, None]
-    x = torch.gather(values, 1, order[..., None].expand(-1, -1, values.shape[2]))
+    longest = int(lengths.max())
+    x, order = compress_valid(values, mask)
+    x, order = x[:, :longest], order[:, :longest]
+    valid = torch.arange(longest, device=mask.device)[None, :] < lengths[:, None]
     x = torch.where(valid[..., None], x, torch.zeros_like(x))
     t = torch.gather(relative_times(times, mask, values.dtype), 1, order)
     last = torch.gather(t, 1, (lengths - 1)[:, None])

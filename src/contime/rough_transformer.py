@@ -148,3 +148,15 @@ class RoughTransformer(nn.Module):
     def forward(self, values: torch.Tensor, times: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         features, token_times = self.features(values, times, mask)
         return self.encoder(features, token_times)
+
+
+class OfflineRoughTransformer(nn.Module):
+    """A ``RoughTransformer`` fed precomputed tokens (``signatures.precompute_features``), for training loops
+    that call ``model(*inputs)``: ``(features (batch, K, F), token_times (batch, K))`` -> output."""
+
+    def __init__(self, rough_transformer: RoughTransformer):
+        super().__init__()
+        self.rt = rough_transformer
+
+    def forward(self, features: torch.Tensor, token_times: torch.Tensor) -> torch.Tensor:
+        return self.rt.forward_features(features, token_times)

@@ -165,7 +165,7 @@ def check_series(values: torch.Tensor, times: torch.Tensor, mask: torch.Tensor |
 
 def _not_increasing(times: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``(batch,)`` bool: the series whose valid times are not strictly increasing (wherever they sit in the row)."""
-    sorted_times, _ = _compress(times, mask)
+    sorted_times, _ = compress_valid(times, mask)
     gaps = sorted_times[:, 1:] - sorted_times[:, :-1]
     both_valid = torch.arange(1, times.shape[1], device=times.device)[None, :] < mask.sum(1, keepdim=True)
     return (both_valid & ~(gaps > 0)).any(dim=1)
@@ -191,7 +191,7 @@ def relative_times(times: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype,
     return relative
 
 
-def _compress(tensor: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def compress_valid(tensor: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Move each row's valid entries to the front, keeping their order: ``(batch, length, ...)``.
 
     Returns the compressed tensor and the gather index ``(batch, length)``; entries past a row's count are
@@ -248,13 +248,14 @@ def _interpolate(t: torch.Tensor, x: torch.Tensor, count: torch.Tensor, at: torc
 def window_paths(values: torch.Tensor, times: torch.Tensor, mask: torch.Tensor, n_windows: int,
                  time_range: tuple[float, float] | None = None, include_time: bool = True
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The path cut at the grid: ``(batch, K, P, 1 + channels)`` (tau first) and the grid ``(batch, K + 1)``.
+    """The path cut at the grid: ``(batch, K, P, 1 + channels)`` (tau first), and the token times
+    ``(batch, K)``: tau at each window's end, g_1 .. g_K.
 
     Window k holds the interpolated point at g_k, the valid samples strictly inside (g_k, g_{k+1}), and the
     interpolated point at g_{k+1}, then repeats that last point up to P, the largest count in the batch.
     Without ``include_time`` the tau channel is left out.
     """
-    sorted_times, order = _compress(times, mask)
+    sorted_times, order = compress_valid(times, mask)
     count = mask.sum(dim=1)  # (batch,)
     big = torch.finfo(times.dtype).max
     positions = torch.arange(times.shape[1], device=times.device)
@@ -282,10 +283,11 @@ def window_paths(values: torch.Tensor, times: torch.Tensor, mask: torch.Tensor, 
     left_t, right_t = grid[:, :-1, None], grid[:, 1:, None]
     path_x = torch.where(is_sample[..., None], sample_x, torch.where(is_left[..., None], left_x, right_x))
     path_t = torch.where(is_sample, sample_t, torch.where(is_left, left_t, right_t))
+    token_times = (grid[:, 1:] - norm[:, :1]) / norm[:, 1:]
     if not include_time:
-        return path_x, grid
+        return path_x, token_times
     tau = (path_t - norm[:, 0, None, None]) / norm[:, 1, None, None]
-    return torch.cat([tau[..., None], path_x], dim=-1), grid
+    return torch.cat([tau[..., None], path_x], dim=-1), token_times
 
 
 # ------------------------------------------------------------------------------------------- signatures
@@ -349,7 +351,7 @@ def signature_features(values: torch.Tensor, times: torch.Tensor, mask: torch.Te
         time_range = (0.0, end - start)
     # From here on, times count from the series' start (or the range's), in the values' dtype.
     times = relative_times(times, mask, values.dtype, None if config.time_range is None else config.time_range[0])
-    paths, grid = window_paths(values, times, mask, config.n_windows, time_range, config.include_time)
+    paths, token_times = window_paths(values, times, mask, config.n_windows, time_range, config.include_time)
     batch, windows, points, _ = paths.shape
     if config.univariate:  # (batch, K, P, C, [tau +] 1) -> one path per channel
         x = paths[..., int(config.include_time):]
@@ -384,8 +386,6 @@ def signature_features(values: torch.Tensor, times: torch.Tensor, mask: torch.Te
                            degree=config.depth, method=LOG_SIG_METHOD).reshape(*features.shape[:-1], -1)
     # Per token: views outermost, then channel groups, then the signature terms.
     features = features.reshape(batch, groups, windows, features.shape[2], -1).permute(0, 2, 3, 1, 4)
-    _, norm = grid_times(times, mask, config.n_windows, time_range)
-    token_times = (grid[:, 1:] - norm[:, :1]) / norm[:, 1:]
     return features.reshape(batch, windows, -1), token_times
 
 

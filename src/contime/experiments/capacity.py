@@ -440,10 +440,6 @@ def plot_mse(config: CapacityConfig, results: list[dict[str, Any]], path: Path) 
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def parse_models(text: str) -> list[str]:
-    return parse_names(text, MODELS)
-
-
 def command(
     quick: bool = typer.Option(False, "--quick", help="Trained models at T = 25 and 100 (16 sequences, 2 epochs), "
                                "LMU-0 at T = 100 and 1,000: seconds."),
@@ -473,7 +469,7 @@ def command(
     out_dir: str = OUT_DIR_OPTION,
 ) -> None:
     """Delay capacity: LMU-0 (T = 100 .. 100,000) against a trained LSTM and LMU (T = 25 .. 1,600)."""
-    names = parse_models(models)
+    names = parse_names(models, MODELS)
     try:
         TrainConfig(device=device)
     except ValueError as err:

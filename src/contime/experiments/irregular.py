@@ -41,9 +41,10 @@ from ..baselines import GRUBaseline, LMUBaseline, NeuralCDEBaseline, Transformer
 from ..data.irregular import IrregularData, drop_mask
 from ..data.sinusoids import sinusoid_classification
 from ..data.uea import BUNDLED_CLASSIFICATION, load_uea
-from ..rough_transformer import RoughTransformer
+from ..rough_transformer import OfflineRoughTransformer, RoughTransformer
 from ..signatures import SignatureConfig, precompute_features
 from ..training import TrainConfig, Trainer, count_parameters
+from ..training.distributed import resolve_device
 from ..training.memory import peak_tensor_bytes
 from .rundir import (OUT_DIR_OPTION, QUIET_OPTION, RESUME_OPTION, RUN_DIR_OPTION, command_console, experiment_command,
                      open_run_dir, parse_names, parse_seeds, write_metrics)
@@ -70,17 +71,6 @@ class IrregularError(Exception):
 
 
 # ------------------------------------------------------------------------------------------------ models
-class OfflineRoughTransformer(nn.Module):
-    """A RoughTransformer fed precomputed tokens: ``(features, token_times)`` -> output."""
-
-    def __init__(self, rough_transformer: RoughTransformer):
-        super().__init__()
-        self.rt = rough_transformer
-
-    def forward(self, features: torch.Tensor, token_times: torch.Tensor) -> torch.Tensor:
-        return self.rt.forward_features(features, token_times)
-
-
 class RedrawnDrop(nn.Module):
     """Drops each valid point with probability ``rate`` afresh at every training forward pass; in eval mode the
     given mask is used as is. Wraps any ``model(values, times, mask)``."""
@@ -332,6 +322,7 @@ def run_irregular(config: dict[str, Any], *, device: str = "cpu", quiet: bool = 
     steps_kept = (1.0 - config["drop"]) * float(splits.train.mask.sum(1).float().mean())
     model_config = {**config, "steps_kept": steps_kept}
 
+    target = resolve_device(device)
     results: list[dict[str, Any]] = []
     for seed in config["seeds"]:
         val, test = dropped(splits.val, config["drop"], 10_000 + seed), dropped(splits.test, config["drop"], 20_000 + seed)
@@ -352,8 +343,6 @@ def run_irregular(config: dict[str, Any], *, device: str = "cpu", quiet: bool = 
                 extra["signatures"] = "online"
             if redraw:
                 model = RedrawnDrop(model, config["drop"])
-            target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                  ("cpu" if device == "auto" else device))
             probe = tuple(t[: config["batch_size"]] for t in parts[0])
             memory = peak_step_memory_mb(model.to(target), probe, train.targets[: config["batch_size"]], target)
             train_config = TrainConfig(
@@ -379,10 +368,6 @@ def run_irregular(config: dict[str, Any], *, device: str = "cpu", quiet: bool = 
 
 
 # ------------------------------------------------------------------------------------------------ commands
-def parse_models(text: str) -> list[str]:
-    return parse_names(text, MODELS)
-
-
 def _command(task: str):
     """The typer command of ``task`` (one function per task, sharing every option)."""
 
@@ -429,7 +414,7 @@ def _command(task: str):
             raise typer.BadParameter(f"choose gru or feedforward, got {lmu_hidden!r}", param_hint="--lmu-hidden")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise typer.BadParameter(f"{device!r} asked for, but CUDA is not available here", param_hint="--device")
-        config = make_config(task, quick, dataset=dataset, drop=drop, drop_mode=drop_mode, models=parse_models(models),
+        config = make_config(task, quick, dataset=dataset, drop=drop, drop_mode=drop_mode, models=parse_names(models, MODELS),
                              seeds=parse_seeds(seeds), epochs=epochs, length=length,
                              n_per_class=n_per_class, batch_size=batch_size, lr=lr, n_windows=n_windows, depth=depth,
                              univariate=univariate, log_signature=log_signature or None, basepoint=basepoint,

@@ -350,10 +350,6 @@ def run_mackey_glass(config: dict[str, Any], *, device: str = "cpu", quiet: bool
     return MackeyGlassRun(run_path, config, results)
 
 
-def parse_models(text: str) -> list[str]:
-    return parse_names(text, MODELS)
-
-
 def command(
     quick: bool = typer.Option(False, "--quick", help="A tiny task (8 series of 300 steps, 2 epochs): seconds."),
     models: str = typer.Option(",".join(MODELS), "--models", help=f"Comma-separated, among {', '.join(MODELS)}."),
@@ -378,7 +374,7 @@ def command(
     out_dir: str = OUT_DIR_OPTION,
 ) -> None:
     """Mackey-Glass, 15 steps ahead: LSTM, LMU and hybrid (~18k parameters each); test NRMSE and s/epoch."""
-    names = parse_models(models)
+    names = parse_names(models, MODELS)
     config = make_config(quick, models=names, epochs=epochs, batch_size=batch_size, lr=lr, window=window,
                          burn_in=burn_in, max_steps_per_epoch=max_steps_per_epoch, seed=seed)
     try:

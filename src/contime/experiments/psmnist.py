@@ -157,11 +157,6 @@ def build_model(name: str, dropout: float = 0.0) -> nn.Module:
     raise ValueError(f"model must be one of {list(MODELS)}, got {name!r}")
 
 
-def parse_models(text: str) -> list[str]:
-    """``"lmu,LSTM"`` -> ``["lmu", "lstm"]``; unknown or repeated names raise ``typer.BadParameter``."""
-    return parse_names(text, MODELS)
-
-
 # --------------------------------------------------------------------------------------------------- data
 @dataclass
 class PsmnistData:
@@ -395,7 +390,7 @@ def command(
     out_dir: str = OUT_DIR_OPTION,
 ) -> None:
     """psMNIST (784 permuted pixels): LMU, parallel LMU and LSTMs of their sizes; test accuracy of the best epoch."""
-    names = parse_models(models)
+    names = parse_names(models, MODELS)
     dataset = (dataset or ("mnist5k" if quick else "mnist")).lower()
     if dataset not in DATASETS:
         raise typer.BadParameter(f"choose among {', '.join(DATASETS)}; got {dataset!r}", param_hint="--dataset")

@@ -17,6 +17,7 @@ squares fit). A model whose epoch passes ``--budget`` seconds is not run at long
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -30,8 +31,10 @@ from torch import nn
 from .. import __version__
 from ..baselines import TransformerBaseline
 from ..data.sinusoids import sinusoid_classification
-from ..rough_transformer import RoughTransformer
+from ..rough_transformer import OfflineRoughTransformer, RoughTransformer
 from ..signatures import SignatureConfig, precompute_features
+from ..training.distributed import resolve_device
+from .fits import loglog_slope
 from .irregular import peak_step_memory_mb
 from .rundir import (OUT_DIR_OPTION, QUIET_OPTION, command_console, experiment_command, open_run_dir, parse_ints,
                      parse_names, result_record, write_metrics)
@@ -72,30 +75,16 @@ def time_epoch(model: nn.Module, inputs: tuple, targets: torch.Tensor, device: t
     return time.perf_counter() - start
 
 
-class _Offline(nn.Module):
-    def __init__(self, rt: RoughTransformer):
-        super().__init__()
-        self.rt = rt
-
-    def forward(self, features, token_times):
-        return self.rt.forward_features(features, token_times)
-
-
 def fit_exponent(lengths: list[int], seconds: list[float]) -> float | None:
-    """Least-squares slope of log(seconds) on log(length); None with fewer than two points."""
-    if len(lengths) < 2:
-        return None
-    x = torch.log(torch.tensor(lengths, dtype=torch.float64))
-    y = torch.log(torch.tensor(seconds, dtype=torch.float64))
-    x = x - x.mean()
-    return float((x * (y - y.mean())).sum() / (x * x).sum())
+    """Least-squares slope of log(seconds) on log(length); None with fewer than two distinct lengths."""
+    exponent = loglog_slope(lengths, seconds)["exponent"]
+    return None if math.isnan(exponent) else exponent
 
 
 def run_scaling(config: dict[str, Any], *, device: str = "cpu", out_dir: str | Path = "runs",
                 console: Console | None = None) -> tuple[Path, list[dict[str, Any]], dict[str, Any]]:
     console = console or Console()
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if device == "auto" else device))
+    target = resolve_device(device)
     run_path = open_run_dir(EXPERIMENT, config, out_dir)
     console.print(f"[bold]rt-scaling[/bold]: {N_SERIES} series per epoch, batches of {BATCH}, lengths "
                   f"{config['lengths']}, device {target}, torch threads {torch.get_num_threads()} -> {run_path}")
@@ -126,7 +115,7 @@ def run_scaling(config: dict[str, Any], *, device: str = "cpu", out_dir: str | P
                     model_inputs = precompute_features(*inputs, signature)
                     _sync(target)
                     extra["signature_seconds"] = time.perf_counter() - start
-                    model = _Offline(rt)
+                    model = OfflineRoughTransformer(rt)
             model = model.to(target)
             try:
                 memory = peak_step_memory_mb(model, tuple(t[:BATCH] for t in model_inputs), targets[:BATCH], target)

@@ -47,6 +47,7 @@ from ..data.delay import band_limited_noise
 from ..spiking import MAPPINGS, SpikingLMUMemory, delay_steps, linear_memory, lowpass, memory_radius
 from ..legendre import discretize
 from ..training.memory import peak_tensor_bytes
+from .fits import least_squares, loglog_slope
 from .rundir import (OUT_DIR_OPTION, QUIET_OPTION, command_console, experiment_command, open_run_dir, parse_ints,
                      parse_seeds, result_record, write_metrics)
 
@@ -223,26 +224,6 @@ def compare_nengo(config: dict[str, Any], m: int, device: torch.device) -> dict[
 
 
 # ------------------------------------------------------------------------------------------------ fits
-def least_squares(columns: list[np.ndarray], y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Coefficients of y ~ 1 + columns and their standard errors (OLS, residual variance with n - p dof)."""
-    X = np.column_stack([np.ones_like(y)] + columns)
-    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-    dof = len(y) - X.shape[1]
-    if dof <= 0:
-        return coef, np.full_like(coef, np.nan)
-    sigma2 = float(((y - X @ coef) ** 2).sum()) / dof
-    return coef, np.sqrt(np.diag(sigma2 * np.linalg.inv(X.T @ X)))
-
-
-def loglog_slope(x, y) -> dict[str, float]:
-    """Slope of log y against log x with its standard error (``nan`` when undetermined)."""
-    x, y = np.log(np.asarray(x, dtype=float)), np.log(np.asarray(y, dtype=float))
-    if len(set(x.tolist())) < 2:
-        return {"exponent": float("nan"), "se": float("nan"), "points": len(x)}
-    coef, se = least_squares([x], y)
-    return {"exponent": float(coef[1]), "se": float(se[1]), "intercept": float(coef[0]), "points": len(x)}
-
-
 def affine_time(sizes: list[int], seconds: list[float]) -> dict[str, float]:
     """seconds per step = fixed + per_neuron * m by least squares: the fixed cost of a step and the cost per neuron."""
     coef, se = least_squares([np.asarray(sizes, dtype=float)], np.asarray(seconds, dtype=float))
