@@ -1,0 +1,185 @@
+"""The full LMU cell with an Elman (``nn.RNNCell``) hidden state, fused over time.
+
+The recurrence, with time-major tensors, N = D * n memory values and H hidden units:
+
+    u_t = ux_t + h_{t-1} E_h + m_{t-1} E_m          (B, D)   E_h, E_m optional (hidden/memory to memory)
+    m_t = m_{t-1} A_T + u_t Bm                       (B, N)   A_T = the block-diagonal A_bar, transposed
+    h_t = act(xh_t + m_t W_m + h_{t-1} W_h)          (B, H)   act = tanh or relu
+
+ux and xh hold everything that depends on x only (input kernels and biases), computed for all steps at once
+by the caller. The backward pass runs the same structure in reverse:
+
+    dp_t = (gh_t + dp_{t+1} W_h^T + du_{t+1} E_h^T) * act'(h_t)
+    dm_t = gm_t + dm_{t+1} A_T^T + du_{t+1} E_m^T + dp_t W_m^T
+    du_t = dm_t Bm^T
+
+and every weight gradient is then one matrix product over all steps and sequences at once.
+
+Backends of the sequential part: "triton" (persistent kernels, CUDA or ``TRITON_INTERPRET=1``) and "torch"
+(the same algorithm with torch ops, any device). ``lmu_cell_naive`` is the reference: a plain loop that
+autograd differentiates.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from . import core_torch
+
+BACKENDS = ("auto", "torch", "triton")
+PRECISIONS = ("ieee", "tf32")
+
+
+def triton_available() -> bool:
+    """True when Triton is installed (the kernels then run on CUDA, or anywhere under TRITON_INTERPRET=1)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _interpreting() -> bool:
+    import os
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """"auto": Triton on CUDA when installed, else torch ops."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError("backend='triton' needs the triton package; install it or use backend='torch'")
+        if device.type != "cuda" and not _interpreting():
+            raise RuntimeError(f"backend='triton' runs on CUDA tensors (or under TRITON_INTERPRET=1); "
+                               f"got tensors on {device.type}")
+    return backend
+
+
+def _core(backend: str):
+    if backend == "triton":
+        from . import core_triton
+        return core_triton
+    return core_torch
+
+
+class _LMUCellSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, relu, backend, precision):
+        core = _core(backend)
+        extra = {} if backend == "torch" else {"precision": precision}
+        args = [x if x is None else x.contiguous() for x in (ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0)]
+        H_ext, M_ext, U = core.forward_core(*args, relu, **extra)
+        ctx.save_for_backward(H_ext, M_ext, U, A_T, Bm, E_h, E_m, W_m, W_h)
+        ctx.relu, ctx.backend, ctx.extra = relu, backend, extra
+        ctx.set_materialize_grads(False)
+        return H_ext[1:], M_ext[1:]
+
+    @staticmethod
+    def backward(ctx, grad_hs, grad_ms):
+        if torch.is_grad_enabled():  # create_graph=True: the saved buffers carry no graph, so refuse
+            raise RuntimeError("the fused LMU cell has no double backward (create_graph=True); "
+                               "use mode='recurrent'")
+        H_ext, M_ext, U, A_T, Bm, E_h, E_m, W_m, W_h = ctx.saved_tensors
+        if grad_hs is None:
+            grad_hs = torch.zeros_like(H_ext[1:])
+        core = _core(ctx.backend)
+        DP, DM, DU, grad_h0, grad_m0 = core.backward_core(
+            grad_hs.contiguous(), None if grad_ms is None else grad_ms.contiguous(), H_ext, A_T.contiguous(),
+            Bm.contiguous(), E_h, E_m, W_m.contiguous(), W_h.contiguous(), ctx.relu, **ctx.extra)
+        need = ctx.needs_input_grad
+        flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731 - (T, B, C) -> (T*B, C)
+        H_prev, M_prev, M = flat(H_ext[:-1]), flat(M_ext[:-1]), flat(M_ext[1:])
+        dp, dm, du = flat(DP), flat(DM), flat(DU)
+        grads = [
+            DU if need[0] else None,
+            DP if need[1] else None,
+            M_prev.t() @ dm if need[2] else None,
+            flat(U).t() @ dm if need[3] else None,
+            H_prev.t() @ du if need[4] else None,
+            M_prev.t() @ du if need[5] else None,
+            M.t() @ dp if need[6] else None,
+            H_prev.t() @ dp if need[7] else None,
+            grad_m0 if need[8] else None,
+            grad_h0 if need[9] else None,
+        ]
+        return (*grads, None, None, None)
+
+
+def _check(name: str, x, shape: tuple) -> None:
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
+    if tuple(x.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
+
+
+def check_arguments(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0) -> None:
+    """Every shape must agree exactly: nothing is broadcast."""
+    for name, x in (("ux", ux), ("xh", xh)):
+        if not torch.is_tensor(x) or x.ndim != 3:
+            raise ValueError(f"{name} must be a 3-D (time, batch, features) tensor")
+    time, batch, D = ux.shape
+    hidden = xh.shape[-1]
+    N = Bm.shape[-1] if torch.is_tensor(Bm) else -1  # the memory size, D * order
+    _check("xh", xh, (time, batch, hidden))
+    _check("Bm", Bm, (D, N))
+    _check("A_T", A_T, (N, N))
+    _check("W_m", W_m, (N, hidden))
+    _check("W_h", W_h, (hidden, hidden))
+    _check("m0", m0, (batch, N))
+    _check("h0", h0, (batch, hidden))
+    if E_h is not None:
+        _check("E_h", E_h, (hidden, D))
+    if E_m is not None:
+        _check("E_m", E_m, (N, D))
+    tensors = [x for x in (ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0) if x is not None]
+    if len({x.device for x in tensors}) != 1 or len({x.dtype for x in tensors}) != 1:
+        raise ValueError("all tensors of the fused LMU cell must share one device and one dtype")
+
+
+def lmu_cell_sequence(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, *, relu: bool = False,
+                      backend: str = "auto", precision: str = "ieee"):
+    """Run the fused LMU cell over a sequence (equations in the module docstring).
+
+    Args:
+        ux: ``(T, B, D)``; xh: ``(T, B, H)``; A_T: ``(N, N)``; Bm: ``(D, N)``; E_h: ``(H, D)`` or None;
+        E_m: ``(N, D)`` or None; W_m: ``(N, H)``; W_h: ``(H, H)``; m0: ``(B, N)``; h0: ``(B, H)``.
+        relu: relu instead of tanh.
+        backend: "auto", "torch" or "triton" (see ``resolve_backend``).
+        precision: products in "ieee" float32 or "tf32" (Triton backend only; torch follows its own
+            ``torch.backends.cuda.matmul.allow_tf32``).
+
+    Returns:
+        hs ``(T, B, H)`` and ms ``(T, B, N)``: h_t and m_t for every step.
+    """
+    check_arguments(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    backend = resolve_backend(backend, ux.device)
+    if backend == "triton" and ux.dtype != torch.float32:
+        raise ValueError(f"backend='triton' computes in float32; got {ux.dtype} (use backend='torch')")
+    return _LMUCellSequence.apply(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, bool(relu), backend, precision)
+
+
+def lmu_cell_naive(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, *, relu: bool = False):
+    """Reference: the equations step by step, differentiated by autograd. Same contract as
+    ``lmu_cell_sequence``."""
+    activation = torch.relu if relu else torch.tanh
+    h, m = h0, m0
+    hs, ms = [], []
+    for t in range(ux.shape[0]):
+        u = ux[t]
+        if E_h is not None:
+            u = u + h @ E_h
+        if E_m is not None:
+            u = u + m @ E_m
+        m = m @ A_T + u @ Bm
+        h = activation(xh[t] + m @ W_m + h @ W_h)
+        hs.append(h)
+        ms.append(m)
+    return torch.stack(hs), torch.stack(ms)
+
+
+__all__ = ["lmu_cell_sequence", "lmu_cell_naive", "triton_available", "resolve_backend", "BACKENDS",
+           "PRECISIONS"]

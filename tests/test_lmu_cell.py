@@ -1,0 +1,142 @@
+"""The fused LMU cell (contime.ops.lmu_cell): both backends against the autograd-differentiated loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import contime
+from contime.ops.lmu_cell import lmu_cell_naive, lmu_cell_sequence, resolve_backend, triton_available
+
+needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
+
+
+def make_arguments(time=6, batch=5, D=2, n=6, hidden=9, hidden_to_memory=True, memory_to_memory=True,
+                   dtype=torch.float64, scale=0.3):
+    """Random inputs and weights of the fused cell (never zeros), all requiring grad."""
+    N = D * n
+
+    def draw(*shape):
+        return (torch.randn(*shape, dtype=dtype) * scale).requires_grad_()
+    return [draw(time, batch, D), draw(time, batch, hidden), draw(N, N), draw(D, N),
+            draw(hidden, D) if hidden_to_memory else None, draw(N, D) if memory_to_memory else None,
+            draw(N, hidden), draw(hidden, hidden), draw(batch, N), draw(batch, hidden)]
+
+
+def outputs_and_gradients(fn, args, relu, seed=1):
+    hs, ms = fn(*args, relu=relu)
+    generator = torch.Generator().manual_seed(seed)
+    # Drawn in float64 whatever the dtype, so a float32 run and its float64 reference see the same loss.
+    weights = [torch.randn(t.shape, generator=generator, dtype=torch.float64).to(t) for t in (hs, ms)]
+    loss = (hs * weights[0]).sum() + (ms * weights[1]).sum()
+    grads = torch.autograd.grad(loss, [a for a in args if a is not None])
+    return [hs.detach(), ms.detach(), *grads]
+
+
+def relative_errors(got, ref):
+    return [float((g.double() - r.double()).norm() / r.double().norm()) for g, r in zip(got, ref)]
+
+
+CONFIGS = [
+    dict(hidden_to_memory=True, memory_to_memory=True, relu=False),
+    dict(hidden_to_memory=False, memory_to_memory=False, relu=True),
+    dict(hidden_to_memory=True, memory_to_memory=False, relu=False),
+    dict(hidden_to_memory=False, memory_to_memory=True, relu=False),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_torch_backend_equals_the_loop_in_float64(config):
+    config = dict(config)
+    relu = config.pop("relu")
+    args = make_arguments(**config)
+    got = outputs_and_gradients(lambda *a, relu: lmu_cell_sequence(*a, relu=relu, backend="torch"), args, relu)
+    ref = outputs_and_gradients(lmu_cell_naive, args, relu)
+    for name, g, r in zip(["hs", "ms", "ux", "xh", "A_T", "Bm", "E_h", "E_m", "W_m", "W_h", "m0", "h0"],
+                          got, [*ref]):
+        torch.testing.assert_close(g, r, atol=1e-12, rtol=1e-10, msg=name)  # measured: ~1e-14
+
+
+@needs_triton
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_triton_kernels_equal_the_loop(config):
+    """Through Triton's interpreter on the CPU (CUDA when present). The shapes cut every block partially:
+    batch 20 over programs of 16, N = 40 and H = 70 over chunks of 32 and 64."""
+    config = dict(config)
+    relu = config.pop("relu")
+    args32 = make_arguments(time=5, batch=20, D=2, n=20, hidden=70, dtype=torch.float32, **config)
+    if torch.cuda.is_available():
+        args32 = [a if a is None else a.detach().cuda().requires_grad_() for a in args32]
+    got = outputs_and_gradients(lambda *a, relu: lmu_cell_sequence(*a, relu=relu, backend="triton"), args32,
+                                relu)
+    args64 = [a if a is None else a.detach().cpu().double().requires_grad_() for a in args32]
+    ref = outputs_and_gradients(lmu_cell_naive, args64, relu)
+    errors = relative_errors(got, ref)
+    # float32 with "ieee" products: measured below 1e-6 relative; 1e-5 leaves room for other summation orders.
+    assert max(errors) < 1e-5, errors
+    assert all(torch.isfinite(g).all() for g in got)
+
+
+def test_lmu_fused_mode_trains_theta_like_the_loop():
+    """The LMU's "fused" mode passes the gradient of theta through the block-diagonal state matrix."""
+    lmu = contime.LMU(2, 3, 5, [4.0, 6.0, 9.0], nn.RNNCell(15, 7, nonlinearity="relu"), hidden_to_memory=True,
+                      memory_to_memory=True, trainable_theta=True).double()
+    x = torch.randn(4, 12, 2, dtype=torch.float64)
+    results = {}
+    for mode in ("recurrent", "fused"):
+        lmu.mode = mode
+        lmu.zero_grad()
+        y, state = lmu(x)
+        (y.square().sum() + state.memory.sum()).backward()
+        results[mode] = [y.detach(), state.memory.detach()] + [p.grad.clone() for p in lmu.parameters()]
+    for a, b in zip(results["fused"], results["recurrent"]):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    assert results["fused"][2].abs().max() > 0  # theta's gradient is really exercised
+
+
+def test_fused_mode_refuses_what_it_cannot_compute():
+    lmu = contime.LMU(1, 1, 4, 5.0, nn.RNNCell(4, 3), hidden_to_memory=True, mode="fused")
+    with pytest.raises(ValueError, match="lengths"):
+        lmu(torch.randn(2, 5, 1), lengths=torch.tensor([5, 3]))
+    lmu.mode = "auto"  # auto falls back to the loop for a padded batch
+    y, _ = lmu(torch.randn(2, 5, 1), lengths=torch.tensor([5, 3]))
+    assert y.shape == (2, 5, 3)
+    with pytest.raises(ValueError, match="mode='fused' is not valid"):
+        contime.LMU(1, 1, 4, 5.0, nn.GRUCell(4, 3), hidden_to_memory=True, mode="fused")
+    with pytest.raises(ValueError, match="fused_precision"):
+        contime.LMU(1, 1, 4, 5.0, nn.RNNCell(4, 3), fused_precision="fp8")
+
+
+def test_bad_arguments_are_named():
+    args = make_arguments()
+    bad = list(args)
+    bad[2] = torch.randn(3, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="A_T"):
+        lmu_cell_sequence(*bad)
+    bad = list(args)
+    bad[9] = torch.randn(5, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="h0"):
+        lmu_cell_sequence(*bad)
+    with pytest.raises(ValueError, match="precision"):
+        lmu_cell_sequence(*args, precision="fp16")
+    with pytest.raises(ValueError, match="backend"):
+        lmu_cell_sequence(*args, backend="cuda")
+
+
+def test_triton_backend_needs_cuda_or_the_interpreter(monkeypatch):
+    if not triton_available():
+        with pytest.raises(RuntimeError, match="triton"):
+            resolve_backend("triton", torch.device("cpu"))
+        return
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        resolve_backend("triton", torch.device("cpu"))
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+
+
+def test_no_double_backward():
+    args = make_arguments()
+    hs, _ = lmu_cell_sequence(*args, backend="torch")
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(hs.sum(), args[0], create_graph=True)
