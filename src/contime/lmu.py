@@ -36,6 +36,7 @@ from .ops.lmu_memory import (
     projected_memory_fft,
 )
 from .ops.lmu_memory.common import apply_state_matrix
+from .ops.lmu_memory.final import FINAL_CHUNK
 
 MODES = ("auto", "recurrent", "fft", "conv", "final")
 
@@ -492,7 +493,9 @@ class LMU(nn.Module):
         state = self._check_state(state, batch, x)
         mode = "varying" if time_scale is None else self.resolve_mode(x.device)
         if mode != "varying":  # uniform steps (of length time_scale): the LMU's own modes
-            A_bar, B_bar, H = self._system(x.dtype, None if mode == "recurrent" else time, time_scale)
+            # "final" streams sequences longer than FINAL_CHUNK: H for one chunk only, not the whole length.
+            length = None if mode == "recurrent" else min(time, FINAL_CHUNK) if mode == "final" else time
+            A_bar, B_bar, H = self._system(x.dtype, length, time_scale)
         input_mask, recurrent_mask = self._dropout_masks(batch, x)
         u_x = self._input_drive(x, input_mask)
         step_is_valid = None

@@ -6,8 +6,9 @@ All functions share one contract:
     B_bar:  (k, n)
     m0:     (batch, D, n) or None, the state before the first step
     impulse: (k, time, n) or None, H_s = A_bar^s B_bar if the caller already has it
-and return the memory for every step, (batch, time, D, n), except ``final`` which returns (batch, D, n)
-and ``projected_memory_fft`` which returns W m_t, (batch, time, G), without forming m.
+and return the memory for every step, (batch, time, D, n), except ``final`` and its streaming form
+``final_chunked`` (memory independent of the length), which return (batch, D, n), and
+``projected_memory_fft``, which returns W m_t, (batch, time, G), without forming m.
 
 ``naive`` is the reference loop; every other path is tested against it.
 
@@ -17,10 +18,10 @@ A_bar and B_bar are indexed per (batch, step); see its docstring.
 
 from .conv import linear_memory_conv
 from .fft import linear_memory_fft, projected_memory_fft
-from .final import linear_memory_final
+from .final import linear_memory_final, linear_memory_final_chunked
 from .naive import linear_memory_naive
 from .varying import StepMatrices, apply_step_matrices, linear_memory_varying, linear_memory_varying_naive
 
 __all__ = ["linear_memory_naive", "linear_memory_fft", "linear_memory_conv", "linear_memory_final",
-           "projected_memory_fft", "linear_memory_varying", "linear_memory_varying_naive", "apply_step_matrices",
-           "StepMatrices"]
+           "linear_memory_final_chunked", "projected_memory_fft", "linear_memory_varying",
+           "linear_memory_varying_naive", "apply_step_matrices", "StepMatrices"]
