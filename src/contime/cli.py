@@ -1,6 +1,7 @@
 """The ``contime`` command line.
 
     contime version
+    contime bench              LMU paths against nn.LSTM and the bandwidth floor (``contime bench --help``)
     contime run delay          LMU-0's delay capacity, T = 100 .. 100,000 (the demo)
     contime run capacity       LMU-0 beside a trained LSTM and LMU
     contime run mackey-glass   chaotic time-series prediction: LSTM, LMU, hybrid
@@ -38,6 +39,16 @@ console = Console()
 def version() -> None:
     """Print the contime version."""
     console.print(f"contime {__version__}")
+
+
+# The benchmark lives in its own package (contime.bench), beside the experiments.
+def _register_bench() -> None:
+    from .bench.cli import bench
+
+    app.command("bench")(bench)
+
+
+_register_bench()
 
 
 # One module per experiment in contime.experiments; each defines EXPERIMENT (its name) and ``command``,

@@ -1,0 +1,309 @@
+"""The registry of benchmark paths: what ``contime bench`` times and checks for precision.
+
+A path is a named builder ``build(shape, device, dtype) -> Case``. The ``Case`` is a function of one input tensor
+(the timed region), that input, the parameters whose gradients the backward pass computes, and the bytes that
+bound each pass from below. Kinds: "memory" (the linear memory m alone), "cell" (a whole LMU) and "baseline"
+(``lstm``, the reference of every ratio).
+
+Adding a path takes a builder and a decorator, e.g. a Triton kernel for the linear memory:
+
+    from contime.bench.paths import PathUnavailable, memory_case, memory_system, register_path
+
+    @register_path("memory-triton", kind="memory", description="Triton scan, all states")
+    def _memory_triton(shape, device, dtype):
+        if device.type != "cuda":
+            raise PathUnavailable("needs CUDA")  # skipped, with this note, instead of failing the run
+        system = memory_system(shape, device, dtype)   # A_bar, B_bar, H, built outside the timed region
+        return memory_case(shape, device, dtype, lambda u: my_scan(u, system.A_bar, system.B_bar))
+
+and an LMU mode is one line: ``register_lmu_path("lmu-cell-fused", mode="fused", config="cell")``.
+
+Builders must be deterministic for a given shape, so that the float64 and float32 builds of a path compute the
+same function of the same input (``precision.py`` compares them): ``build_case`` seeds the CPU generator before
+calling the builder; make modules on the CPU in float32 and move them with ``module_on``, and draw inputs
+with ``draw``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple
+
+import torch
+from torch import nn
+
+from ..legendre import discretize, impulse_response
+from ..lmu import LMU
+from ..ops.lmu_memory import linear_memory_conv, linear_memory_fft, linear_memory_final, linear_memory_naive
+from .timing import time_call
+
+KINDS = ("memory", "cell", "baseline")
+PASSES = ("forward", "backward")  # "backward" is timed as forward + backward together
+REFERENCE_PATH = "lstm"  # every ratio is path_ms / this path's ms for the same pass
+SEED = 0
+
+
+class PathUnavailable(Exception):
+    """Raised by a builder when its path cannot run here (no such mode, no CUDA, ...): skipped with the message."""
+
+
+@dataclass(frozen=True)
+class BenchShape:
+    """The problem size: ``batch`` sequences of ``time`` steps, ``memory_d`` memories of order ``order`` with window
+    ``theta``, hidden size ``hidden`` (the LMU's hidden cell and the LSTM). Defaults: the psMNIST LMU."""
+
+    batch: int = 100
+    time: int = 784
+    order: int = 256
+    hidden: int = 212
+    theta: float = 784.0
+    memory_d: int = 1
+
+    def __post_init__(self):
+        for name in ("batch", "time", "order", "hidden", "memory_d"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not float(self.theta) > 0 or float(self.theta) == float("inf"):
+            raise ValueError(f"theta must be finite and > 0, got {self.theta!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PSMNIST_SHAPE = BenchShape()
+QUICK_SHAPE = BenchShape(batch=4, time=32, order=16, hidden=12, theta=32.0)
+
+
+@dataclass
+class Case:
+    """One path, built for a shape, device and dtype.
+
+    run: ``input -> output``, the timed region (no synchronisation inside; the timer does that).
+    input: the tensor ``run`` takes, e.g. u ``(batch, time, memory_d)`` or x ``(batch, time, 1)``; a leaf.
+    parameters: tensors whose gradients the backward pass computes beside the input's (weights of a cell).
+    floor_bytes: pass name -> bytes that pass must at least move (see ``traffic_floor``); None: no floor.
+    info: extra keys for the JSON record (e.g. the LSTM's layout).
+    """
+
+    run: Callable[[torch.Tensor], torch.Tensor]
+    input: torch.Tensor
+    parameters: tuple[torch.Tensor, ...] = ()
+    floor_bytes: dict[str, int] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def output_grad(self, seed: int = SEED + 1) -> torch.Tensor:
+        """A random gradient of the output's shape and dtype (from one untimed forward call)."""
+        with torch.no_grad():
+            out = self.run(self.input)
+        return draw(tuple(out.shape), out.device, out.dtype, seed)
+
+    def pass_fn(self, pass_name: str, grad: torch.Tensor | None = None) -> Callable[[], Any]:
+        """The function to time for ``pass_name``: "forward" runs under no_grad; "backward" runs the forward with
+        autograd and then the gradients of the input and ``parameters`` for the output gradient ``grad``."""
+        if pass_name == "forward":
+            def forward():
+                with torch.no_grad():
+                    return self.run(self.input)
+            return forward
+        if pass_name == "backward":
+            if grad is None:
+                raise ValueError("the backward pass needs the output gradient `grad`")
+            x = self.input.detach().requires_grad_(True)
+            inputs = (x, *self.parameters)
+
+            def forward_backward():
+                out = self.run(x)
+                # autograd.grad, not .backward(): nothing accumulates across repeated calls.
+                return torch.autograd.grad(out, inputs, grad, allow_unused=True)
+            return forward_backward
+        raise ValueError(f"pass must be one of {PASSES}, got {pass_name!r}")
+
+
+@dataclass(frozen=True)
+class BenchPath:
+    name: str
+    kind: str
+    build: Callable[[BenchShape, torch.device, torch.dtype], Case]
+    description: str = ""
+
+
+PATHS: dict[str, BenchPath] = {}
+
+
+def register_path(name: str, kind: str, description: str = ""):
+    """Decorator: register ``build(shape, device, dtype) -> Case`` as the path ``name`` of ``kind``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if not name or "," in name or name != name.strip():
+        raise ValueError(f"a path name must be non-empty, without commas or surrounding spaces, got {name!r}")
+
+    def decorate(build):
+        if name in PATHS:
+            raise ValueError(f"path {name!r} is already registered")
+        PATHS[name] = BenchPath(name, kind, build, description or (build.__doc__ or "").strip().split("\n")[0])
+        return build
+    return decorate
+
+
+def build_case(path: BenchPath | str, shape: BenchShape, device: torch.device | str,
+               dtype: torch.dtype = torch.float32) -> Case:
+    """Build ``path`` with the CPU generator seeded (restored afterwards). Raises ``PathUnavailable``."""
+    path = PATHS[path] if isinstance(path, str) else path
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        return path.build(shape, torch.device(device), dtype)
+
+
+# ------------------------------------------------------------------------------------------- helpers for builders
+def draw(size: tuple[int, ...], device: torch.device | str, dtype: torch.dtype, seed: int = SEED) -> torch.Tensor:
+    """Standard normal values, drawn in float64 on the CPU from ``seed`` and cast: the same numbers (up to rounding)
+    for every dtype and device."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(size, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+def module_on(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """``module`` (made on the CPU in float32 under the seeded generator) moved to ``device`` and ``dtype``."""
+    return module.to(device=device, dtype=dtype)
+
+
+def nbytes(*shape: int, dtype: torch.dtype) -> int:
+    """Bytes of a tensor of ``shape`` and ``dtype``."""
+    count = 1
+    for size in shape:
+        count *= size
+    return count * torch.empty((), dtype=dtype).element_size()
+
+
+def traffic_floor(read: int, written: int) -> dict[str, int]:
+    """The bytes each pass must move at least, given the bytes of its inputs and of its outputs.
+
+    forward: read the inputs once, write the outputs once. backward (timed as forward + backward): the forward,
+    then read the output gradient (the size of the outputs) and write the input gradient (the size of the inputs).
+    Constants such as A_bar or H are left out: the floor stays a lower bound.
+    """
+    return {"forward": read + written, "backward": 2 * (read + written)}
+
+
+class MemorySystem(NamedTuple):
+    """A_bar ``(1, n, n)``, B_bar ``(1, n)``, H ``(1, time, n)`` (H_s = A_bar^s B_bar), in the case's dtype."""
+
+    A_bar: torch.Tensor
+    B_bar: torch.Tensor
+    H: torch.Tensor
+
+
+def memory_system(shape: BenchShape, device: torch.device, dtype: torch.dtype) -> MemorySystem:
+    """The LegT system of ``shape`` (zoh, dt = 1), built in float64 on the CPU and cast once, as the LMU does."""
+    A64, B64 = discretize(shape.order, float(shape.theta), 1.0, "zoh")
+    H64 = impulse_response(A64, B64, shape.time)
+    return MemorySystem(*(t.to(device=device, dtype=dtype) for t in (A64, B64, H64)))
+
+
+def memory_case(shape: BenchShape, device: torch.device, dtype: torch.dtype,
+                fn: Callable[[torch.Tensor], torch.Tensor], all_states: bool = True) -> Case:
+    """A Case for a linear-memory function ``fn(u) -> m``: u ``(batch, time, memory_d)`` drawn here; m is every
+    state ``(batch, time, memory_d, order)`` (``all_states``) or the last ``(batch, memory_d, order)``."""
+    u = draw((shape.batch, shape.time, shape.memory_d), device, dtype)
+    read = nbytes(shape.batch, shape.time, shape.memory_d, dtype=dtype)
+    states = shape.time if all_states else 1
+    written = nbytes(shape.batch, states, shape.memory_d, shape.order, dtype=dtype)
+    return Case(run=fn, input=u, floor_bytes=traffic_floor(read, written))
+
+
+# ------------------------------------------------------------------------------------------------- memory paths
+@register_path("memory-loop", kind="memory", description="linear_memory_naive: one step at a time, all states")
+def _memory_loop(shape, device, dtype):
+    s = memory_system(shape, device, dtype)
+    return memory_case(shape, device, dtype, lambda u: linear_memory_naive(u, s.A_bar, s.B_bar))
+
+
+@register_path("memory-fft", kind="memory", description="linear_memory_fft: causal convolution by FFT, all states")
+def _memory_fft(shape, device, dtype):
+    s = memory_system(shape, device, dtype)
+    return memory_case(shape, device, dtype, lambda u: linear_memory_fft(u, s.A_bar, s.B_bar, impulse=s.H))
+
+
+@register_path("memory-conv", kind="memory", description="linear_memory_conv: conv1d with the cut impulse response")
+def _memory_conv(shape, device, dtype):
+    s = memory_system(shape, device, dtype)
+    return memory_case(shape, device, dtype, lambda u: linear_memory_conv(u, s.A_bar, s.B_bar, impulse=s.H))
+
+
+@register_path("memory-final", kind="memory", description="linear_memory_final: the last state only")
+def _memory_final(shape, device, dtype):
+    s = memory_system(shape, device, dtype)
+    return memory_case(shape, device, dtype, lambda u: linear_memory_final(u, s.A_bar, s.B_bar, impulse=s.H),
+                       all_states=False)
+
+
+# --------------------------------------------------------------------------------------------------- LMU cells
+# LMU keyword arguments per configuration; every one has an nn.RNNCell hidden cell and returns the last output.
+LMU_CONFIGS: dict[str, dict[str, Any]] = {
+    "cell": {"hidden_to_memory": True},  # the full cell: h_{t-1} feeds u_t, so only a loop computes it
+    "psmnist": {"input_to_hidden": True},  # Voelker et al.'s psMNIST LMU: the memory is fed by x alone
+}
+
+
+def lmu_case(shape: BenchShape, device: torch.device, dtype: torch.dtype, mode: str, config: str) -> Case:
+    """The LMU of ``LMU_CONFIGS[config]`` in ``mode``: x ``(batch, time, 1)`` -> last output ``(batch, hidden)``.
+
+    Raises ``PathUnavailable`` when ``mode`` is not in the configuration's ``LMU.valid_modes()``.
+    """
+    kwargs = LMU_CONFIGS[config]
+    hidden_in = shape.memory_d * shape.order + (1 if kwargs.get("input_to_hidden") else 0)
+    lmu = LMU(1, shape.memory_d, shape.order, float(shape.theta), nn.RNNCell(hidden_in, shape.hidden),
+              return_sequences=False, **kwargs)
+    valid = lmu.valid_modes()
+    if mode not in valid:
+        raise PathUnavailable(f"mode {mode!r} is not among LMU.valid_modes() {valid} for the {config!r} configuration")
+    lmu.mode = mode
+    lmu = module_on(lmu, device, dtype)
+    x = draw((shape.batch, shape.time, 1), device, dtype)
+    return Case(run=lambda inp: lmu(inp)[0], input=x,
+                parameters=tuple(p for p in lmu.parameters() if p.requires_grad), info={"mode": mode, "config": config})
+
+
+def register_lmu_path(name: str, mode: str, config: str, description: str = "") -> None:
+    """Register the LMU of ``LMU_CONFIGS[config]`` run in ``mode`` as path ``name`` (kind "cell")."""
+    if config not in LMU_CONFIGS:
+        raise ValueError(f"config must be one of {tuple(LMU_CONFIGS)}, got {config!r}")
+    description = description or f"LMU ({config}: {', '.join(LMU_CONFIGS[config])}), RNNCell hidden, mode {mode!r}"
+
+    def build(shape, device, dtype):
+        return lmu_case(shape, device, dtype, mode, config)
+    register_path(name, kind="cell", description=description)(build)
+
+
+register_lmu_path("lmu-cell-loop", mode="recurrent", config="cell")
+register_lmu_path("lmu-cell-fused", mode="fused", config="cell")  # skipped until LMU has a "fused" mode
+register_lmu_path("lmu-fft", mode="fft", config="psmnist")
+register_lmu_path("lmu-loop", mode="recurrent", config="psmnist")
+
+
+# ---------------------------------------------------------------------------------------------------- baseline
+@register_path(REFERENCE_PATH, kind="baseline",
+               description="nn.LSTM(1, hidden) (cuDNN on CUDA), last output; the faster of the two layouts")
+def _lstm(shape, device, dtype):
+    batch_first = module_on(nn.LSTM(1, shape.hidden, batch_first=True), device, dtype)
+    time_major = module_on(nn.LSTM(1, shape.hidden), device, dtype)
+    time_major.load_state_dict(batch_first.state_dict())
+    x = draw((shape.batch, shape.time, 1), device, dtype)
+    cases = {
+        "batch_first": Case(run=lambda inp: batch_first(inp)[0][:, -1], input=x,
+                            parameters=tuple(batch_first.parameters())),
+        "time_major": Case(run=lambda inp: time_major(inp)[0][-1], input=x.transpose(0, 1).contiguous(),
+                           parameters=tuple(time_major.parameters())),
+    }
+    # The layout is picked by the forward + backward time (training is where it matters), measured here.
+    layout_ms = {}
+    for layout, case in cases.items():
+        layout_ms[layout] = time_call(case.pass_fn("backward", case.output_grad()), device, warmup=1,
+                                      repeat=2)["median_ms"]
+    layout = min(layout_ms, key=layout_ms.get)
+    chosen = cases[layout]
+    chosen.info = {"layout": layout, "layout_fwd_bwd_ms": layout_ms,
+                   "cudnn": bool(device.type == "cuda" and torch.backends.cudnn.enabled)}
+    return chosen

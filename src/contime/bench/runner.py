@@ -1,0 +1,107 @@
+"""Time every (path, pass), then relate each time to the LSTM's and to the bandwidth floor.
+
+Per (path, pass) row: the median milliseconds (and min, mean, max, every time), the peak memory of one call,
+``ratio_to_lstm`` = ms / the ``lstm`` path's ms for the same pass in the same run (> 1: slower than the LSTM),
+and ``floor_fraction`` = floor_ms / ms, where floor_ms is the bytes the pass must move (``Case.floor_bytes``)
+at the peak bandwidth (1.0: at the floor). Paths without a floor (cells, the LSTM: they are bound by their
+sequential steps, not by bandwidth) have None there.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+
+from .bandwidth import floor_ms, measure_copy_bandwidth, nominal_bandwidth_gbps
+from .paths import PATHS, REFERENCE_PATH, BenchShape, PathUnavailable, build_case
+from .record import device_name
+from .timing import peak_bytes, time_call
+
+
+def resolve_bandwidth(device: torch.device, option_gbps: float | None, copy_bytes: int | None = None) -> dict[str, Any]:
+    """The peak bandwidth the floors use: ``{"bandwidth_gbps", "bandwidth_source", "copy_gbps"}``.
+
+    Source: "option" (``--bandwidth``), "nominal" (a CUDA card in ``NOMINAL_GBPS``) or "measured" (the copy rate,
+    read + written bytes per second). The copy rate is measured in every case and reported beside it.
+    """
+    copy_gbps = measure_copy_bandwidth(device, copy_bytes)
+    if option_gbps is not None:
+        return {"bandwidth_gbps": float(option_gbps), "bandwidth_source": "option", "copy_gbps": copy_gbps}
+    nominal = nominal_bandwidth_gbps(device_name(device)) if device.type == "cuda" else None
+    if nominal is not None:
+        return {"bandwidth_gbps": nominal, "bandwidth_source": "nominal", "copy_gbps": copy_gbps}
+    return {"bandwidth_gbps": copy_gbps, "bandwidth_source": "measured", "copy_gbps": copy_gbps}
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+def run_timings(names: Iterable[str], shape: BenchShape, device: torch.device, passes: Iterable[str], *,
+                warmup: int = 1, repeat: int = 5, budget_s: float | None = None, bandwidth_gbps: float,
+                measure_memory: bool = True, dtype: torch.dtype = torch.float32,
+                progress: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """One row per (path, pass), in the order of ``names`` then ``passes``.
+
+    A path whose builder raises ``PathUnavailable`` gets rows with ``skipped`` (the reason); one that fails while
+    running (out of memory, an unsupported op) gets rows with ``error``. Both have ``ms`` None.
+    ``progress`` is called with each row as it is measured.
+    """
+    passes = list(passes)
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        path = PATHS[name]
+        base = {"path": name, "kind": path.kind, "description": path.description}
+        try:
+            case = build_case(path, shape, device, dtype)
+            failure = None
+        except PathUnavailable as why:
+            case, failure = None, {"skipped": str(why)}
+        except (RuntimeError, ValueError, NotImplementedError, MemoryError) as err:
+            case, failure = None, {"error": _first_line(err)}
+        grad = None
+        if case is not None and "backward" in passes:
+            try:
+                grad = case.output_grad()
+            except (RuntimeError, NotImplementedError, MemoryError) as err:
+                case, failure = None, {"error": _first_line(err)}
+        for pass_name in passes:
+            row = {**base, "pass": pass_name, "ms": None}
+            if case is None:
+                row.update(failure)
+            else:
+                row.update(case.info)
+                try:
+                    fn = case.pass_fn(pass_name, grad)
+                    timing = time_call(fn, device, warmup=warmup, repeat=repeat, budget_s=budget_s)
+                    memory = peak_bytes(fn, device) if measure_memory else None
+                except (RuntimeError, NotImplementedError, MemoryError) as err:
+                    row["error"] = _first_line(err)
+                else:
+                    floor_bytes = None if case.floor_bytes is None else case.floor_bytes.get(pass_name)
+                    floor = floor_ms(floor_bytes, bandwidth_gbps)
+                    row.update(ms=timing["median_ms"], min_ms=timing["min_ms"], mean_ms=timing["mean_ms"],
+                               max_ms=timing["max_ms"], times_ms=timing["times_ms"], repeat=timing["repeat"],
+                               warmup=timing["warmup"], peak_bytes=memory,
+                               peak_mb=None if memory is None else memory / 1e6,
+                               floor_bytes=floor_bytes, floor_ms=floor,
+                               floor_fraction=None if floor is None else floor / timing["median_ms"])
+            rows.append(row)
+            if progress is not None:
+                progress(row)
+        del case, grad
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    add_lstm_ratios(rows)
+    return rows
+
+
+def add_lstm_ratios(rows: list[dict[str, Any]]) -> None:
+    """Set ``lstm_ms`` and ``ratio_to_lstm`` (ms / lstm_ms, same pass) on every row; None without an LSTM time."""
+    reference = {r["pass"]: r["ms"] for r in rows if r["path"] == REFERENCE_PATH and r.get("ms")}
+    for r in rows:
+        lstm_ms = reference.get(r["pass"])
+        r["lstm_ms"] = lstm_ms
+        r["ratio_to_lstm"] = r["ms"] / lstm_ms if (lstm_ms and r.get("ms") is not None) else None
