@@ -62,7 +62,7 @@ def test_parameter_counts_are_the_papers():
     # + a readout of 50: 18,050. LSTM: PyTorch's two biases per gate give 18,426 (Keras's one: 18,026).
     assert counts == {"LSTM": 18_426, "LMU": 18_050, "hybrid": 21_826}
     lmu = mg.build_model("LMU").layers[0]
-    assert lmu.resolve_mode() == "recurrent" and lmu.hidden_to_memory and lmu.memory_to_memory
+    assert lmu.resolve_mode() == "fused" and lmu.hidden_to_memory and lmu.memory_to_memory
     assert lmu.input_to_hidden and float(lmu.theta) == 4.0 and lmu.order == 4
 
 

@@ -104,8 +104,8 @@ def test_fused_mode_refuses_what_it_cannot_compute():
     assert y.shape == (2, 5, 3)
     with pytest.raises(ValueError, match="mode='fused' is not valid"):
         contime.LMU(1, 1, 4, 5.0, nn.GRUCell(4, 3), hidden_to_memory=True, mode="fused")
-    with pytest.raises(ValueError, match="fused_precision"):
-        contime.LMU(1, 1, 4, 5.0, nn.RNNCell(4, 3), fused_precision="fp8")
+    with pytest.raises(ValueError, match="kernel_precision"):
+        contime.LMU(1, 1, 4, 5.0, nn.RNNCell(4, 3), kernel_precision="fp8")
 
 
 def test_bad_arguments_are_named():

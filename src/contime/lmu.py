@@ -35,10 +35,13 @@ from .ops.lmu_memory import (
     StepMatrices,
     projected_memory_fft,
 )
+from .ops.lmu_cell import PRECISIONS as KERNEL_PRECISIONS
+from .ops.lmu_cell import lmu_cell_sequence, triton_available
+from .ops.lmu_memory.dispatch import causal_projection, memory_all_steps, use_triton_memory
 from .ops.lmu_memory.common import apply_state_matrix
 from .ops.lmu_memory.final import FINAL_CHUNK
 
-MODES = ("auto", "recurrent", "fft", "conv", "final")
+MODES = ("auto", "recurrent", "fused", "fft", "conv", "final")
 
 
 class LMUState(NamedTuple):
@@ -87,7 +90,12 @@ class LMU(nn.Module):
         recurrent_dropout: dropout on h_{t-1} before it feeds the memory.
         return_sequences: return every step's output, else only the last (valid) one.
         batch_first: x is ``(batch, time, features)``; else ``(time, batch, features)``.
-        mode: "auto", "recurrent", "fft", "conv" or "final".
+        mode: "auto", "recurrent", "fused", "fft", "conv" or "final". "fused" (an ``nn.RNNCell`` hidden cell
+            only) runs the whole cell as one autograd node: a persistent Triton kernel on CUDA, the same
+            algorithm in torch ops elsewhere (see ``contime.ops.lmu_cell``).
+        kernel_precision: the products of the Triton kernels on CUDA (the "fused" mode, and "fft" where a
+            Toeplitz kernel replaces the FFT): "ieee" (float32), "tf32x3" (near float32) or "tf32" (fastest,
+            about 1e-3 relative error; see ``contime bench --precision``).
         conv_tol: the "conv" mode cuts the impulse response where it stays below this fraction of its peak.
 
     Shapes:
@@ -102,7 +110,7 @@ class LMU(nn.Module):
                  trainable_theta: bool = False, discretizer: str = "zoh", input_kernel: bool = True,
                  use_bias: bool = False, dropout: float = 0.0, recurrent_dropout: float = 0.0,
                  return_sequences: bool = True, batch_first: bool = True, mode: str = "auto",
-                 conv_tol: float = 1e-10):
+                 conv_tol: float = 1e-10, kernel_precision: str = "ieee"):
         super().__init__()
         self.input_size = _positive_int("input_size", input_size)
         self.memory_d = _positive_int("memory_d", memory_d)
@@ -126,6 +134,9 @@ class LMU(nn.Module):
         self.dropout = _probability("dropout", dropout)
         self.recurrent_dropout = _probability("recurrent_dropout", recurrent_dropout)
         self.conv_tol = float(conv_tol)
+        if kernel_precision not in KERNEL_PRECISIONS:
+            raise ValueError(f"kernel_precision must be one of {KERNEL_PRECISIONS}, got {kernel_precision!r}")
+        self.kernel_precision = kernel_precision
 
         self.theta = nn.Parameter(self._theta_tensor(theta), requires_grad=bool(trainable_theta))
         memory_size = self.memory_d * self.order
@@ -173,6 +184,8 @@ class LMU(nn.Module):
     def valid_modes(self) -> tuple[str, ...]:
         """The execution modes that compute this configuration exactly, fastest last."""
         modes = ["recurrent"]
+        if type(self.hidden_cell) is nn.RNNCell:
+            modes.append("fused")
         if not (self.hidden_to_memory or self.memory_to_memory):
             modes += ["conv", "fft"]
             if not self.return_sequences and self.hidden_kind != "recurrent":
@@ -192,7 +205,18 @@ class LMU(nn.Module):
         on_cpu = device is None or torch.device(device).type == "cpu"
         if modes[-1] == "fft" and self.hidden_kind == "recurrent" and on_cpu:
             return "recurrent"
+        if modes[-1] == "fused" and not on_cpu and not triton_available():
+            return "recurrent"
         return modes[-1]
+
+    def _fused_unsupported(self, lengths) -> str | None:
+        """Why the "fused" mode cannot run this call, or None: it has no padding masks and no per-sequence
+        recurrent dropout."""
+        if lengths is not None:
+            return "lengths (padded batches)"
+        if self.training and self.recurrent_dropout > 0 and self.hidden_to_memory:
+            return "recurrent_dropout in training"
+        return None
 
     def discretized(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """A_bar ``(k, n, n)`` and B_bar ``(k, n)``, k = 1 or memory_d; built in float64, cast to ``dtype``."""
@@ -400,7 +424,7 @@ class LMU(nn.Module):
         if mode == "fft" and type(self.hidden_cell) in hidden_ops.TORCH_CELLS:
             return self._forward_fft_folded(x, u_x, state, A_bar, B_bar, H, m0, lengths)
         if mode == "fft":
-            memories = linear_memory_fft(u_x, A_bar, B_bar, m0, impulse=H)
+            memories = memory_all_steps(u_x, A_bar, B_bar, m0, H, self.kernel_precision)
         else:
             memories = linear_memory_conv(u_x, A_bar, B_bar, m0, self.conv_tol, impulse=H)
         return self._outputs_of_memories(x, memories, state, lengths)
@@ -428,7 +452,8 @@ class LMU(nn.Module):
         memory_size = self.memory_d * self.order
         weight_memory = cell.weight_ih[:, :memory_size].reshape(-1, self.memory_d, self.order)
         # Time-major: the cell's loop then reads one contiguous (batch, gates) block per step.
-        projected = projected_memory_fft(u_x, A_bar, B_bar, weight_memory, m0, impulse=H).transpose(0, 1)
+        projected = causal_projection(u_x, A_bar, B_bar, weight_memory, m0, H, self.kernel_precision)
+        projected = projected.transpose(0, 1)
         projected = projected.contiguous().view(-1, projected.shape[-1])  # (time*batch, gates)
         if self.input_to_hidden:  # W_x x_t accumulated into the same buffer by the product itself
             projected = torch.addmm(projected, x.transpose(0, 1).reshape(-1, self.input_size),
@@ -439,6 +464,33 @@ class LMU(nn.Module):
         h, hidden = hidden_ops.torch_cell_sequence(cell, projected, state.hidden, lengths)
         final_memory = linear_memory_final(u_x, A_bar, B_bar, m0, lengths, impulse=H).reshape(batch, -1)
         return h, LMUState(final_memory, hidden)
+
+    def _forward_fused(self, x, u_x, state, A_bar, B_bar):
+        """The "fused" mode: the whole cell as one autograd node (``contime.ops.lmu_cell``), time-major."""
+        cell = self.hidden_cell
+        D, n = self.memory_d, self.order
+        N = D * n
+        eye = torch.eye(D, dtype=A_bar.dtype, device=A_bar.device)
+        if A_bar.shape[0] == 1:  # one A_bar for all dimensions: block-diagonal copies
+            A_T = A_bar[0].t() if D == 1 else torch.kron(eye, A_bar[0].t().contiguous())
+            Bm = torch.kron(eye, B_bar[0][None])  # (D, N): row d holds B_bar in block d
+        else:
+            A_T = torch.block_diag(*A_bar.transpose(1, 2).unbind(0))
+            Bm = torch.block_diag(*B_bar[:, None].unbind(0))
+        xs = x.transpose(0, 1)  # (time, batch, input_size)
+        xh = xs.new_zeros(*xs.shape[:2], self.output_size)
+        if self.input_to_hidden:
+            xh = xh + xs @ cell.weight_ih[:, N:].t()
+        for bias in (cell.bias_ih, cell.bias_hh):
+            if bias is not None:
+                xh = xh + bias
+        h0 = state.hidden if state.hidden is not None else x.new_zeros(x.shape[0], self.output_size)
+        on_gpu = x.device.type == "cuda" and x.dtype == torch.float32 and triton_available()
+        hs, ms = lmu_cell_sequence(
+            u_x.transpose(0, 1), xh, A_T, Bm, self.hidden_kernel, self.memory_kernel, cell.weight_ih[:, :N].t(),
+            cell.weight_hh.t(), state.memory, h0, relu=cell.nonlinearity == "relu",
+            backend="triton" if on_gpu else "torch", precision=self.kernel_precision)
+        return hs.transpose(0, 1), LMUState(ms[-1], hs[-1])
 
     def _forward_varying(self, x, u_x, state, dt, lengths, recurrent_mask, starts_at_zero):
         """Irregular steps: dt ``(batch, time)``, each sample with its own A_bar(dt), B_bar(dt).
@@ -492,6 +544,11 @@ class LMU(nn.Module):
         starts_at_zero = state is None
         state = self._check_state(state, batch, x)
         mode = "varying" if time_scale is None else self.resolve_mode(x.device)
+        if mode == "fused" and self._fused_unsupported(lengths):
+            if self.mode == "fused":
+                raise ValueError(f"mode='fused' does not support {self._fused_unsupported(lengths)}; "
+                                 f"use mode='recurrent' or 'auto'")
+            mode = "recurrent"
         if mode != "varying":  # uniform steps (of length time_scale): the LMU's own modes
             # "final" streams sequences longer than FINAL_CHUNK: H for one chunk only, not the whole length.
             length = None if mode == "recurrent" else min(time, FINAL_CHUNK) if mode == "final" else time
@@ -508,6 +565,8 @@ class LMU(nn.Module):
             y, state = self._forward_varying(x, u_x, state, dt, lengths, recurrent_mask, starts_at_zero)
         elif mode == "recurrent":
             y, state = self._forward_recurrent(x, u_x, state, A_bar, B_bar, lengths, recurrent_mask)
+        elif mode == "fused":
+            y, state = self._forward_fused(x, u_x, state, A_bar, B_bar)
         else:
             y, state = self._forward_parallel(mode, x, u_x, state, A_bar, B_bar, H, lengths, starts_at_zero)
         if mode != "final":  # "final" already returns the last step only

@@ -97,7 +97,7 @@ def lmu_layer(input_size: int, units: int = LMU_UNITS, order: int = ORDER, theta
     """
     cell = nn.RNNCell(order + input_size, units, bias=False, nonlinearity="tanh")
     layer = LMU(input_size, memory_d=1, order=order, theta=theta, hidden_cell=cell, input_to_hidden=True,
-                hidden_to_memory=True, memory_to_memory=True, mode="recurrent")
+                hidden_to_memory=True, memory_to_memory=True)
     with torch.no_grad():
         bound = math.sqrt(3.0 / input_size)
         layer.input_kernel.uniform_(-bound, bound)  # (input_size, 1)

@@ -29,7 +29,7 @@ import torch
 from . import core_torch
 
 BACKENDS = ("auto", "torch", "triton")
-PRECISIONS = ("ieee", "tf32")
+PRECISIONS = ("ieee", "tf32x3", "tf32")
 
 
 def triton_available() -> bool:
@@ -147,8 +147,8 @@ def lmu_cell_sequence(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, *, relu: bool
         E_m: ``(N, D)`` or None; W_m: ``(N, H)``; W_h: ``(H, H)``; m0: ``(B, N)``; h0: ``(B, H)``.
         relu: relu instead of tanh.
         backend: "auto", "torch" or "triton" (see ``resolve_backend``).
-        precision: products in "ieee" float32 or "tf32" (Triton backend only; torch follows its own
-            ``torch.backends.cuda.matmul.allow_tf32``).
+        precision: products in "ieee" float32, "tf32x3" (three tf32 products, near float32) or "tf32" (Triton
+            backend only; torch follows its own ``torch.backends.cuda.matmul.allow_tf32``).
 
     Returns:
         hs ``(T, B, H)`` and ms ``(T, B, N)``: h_t and m_t for every step.

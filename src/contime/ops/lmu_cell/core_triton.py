@@ -7,8 +7,8 @@ the previous phase are read back from the output buffers that it just wrote, aft
 (sequences never interact, so no program waits for another).
 
 The kernels fill exactly the buffers that ``core_torch`` fills; ``contime.ops.lmu_cell`` holds the
-equations. ``precision`` is Triton's ``input_precision`` of every product: "ieee" (float32 products) or
-"tf32" (the tensor cores' float32 mode, about 1e-3 relative error per product).
+equations. ``precision`` is Triton's ``input_precision`` of every product: "ieee" (float32 products), "tf32x3" (three
+tf32 products, near float32) or "tf32" (the tensor cores' float32 mode, about 1e-3 relative error per product).
 
 Under ``TRITON_INTERPRET=1`` the same kernels run on the CPU with numpy, which is how the tests check them.
 """
@@ -19,7 +19,6 @@ import torch
 import triton
 import triton.language as tl
 
-PRECISIONS = ("ieee", "tf32")
 
 
 @triton.jit

@@ -1,0 +1,48 @@
+"""Which implementation computes the memory of every step: the Triton Toeplitz product on CUDA where it
+applies, the FFT convolution everywhere else. Both compute the same function (tested against each other)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from .fft import linear_memory_fft, projected_memory_fft
+from .common import zero_input_response
+
+# The Toeplitz product costs O(T^2) per channel against the FFT's O(T log T): beyond this length the FFT wins
+# whatever the constant factors.
+TOEPLITZ_MAX_TIME = 2048
+
+
+def use_triton_memory(u: torch.Tensor, A_bar: torch.Tensor) -> bool:
+    """True for float32 CUDA inputs, one shared A_bar and at most TOEPLITZ_MAX_TIME steps, with Triton there."""
+    return (u.device.type == "cuda" and u.dtype == torch.float32 and A_bar.shape[0] == 1
+            and u.shape[1] <= TOEPLITZ_MAX_TIME and importlib.util.find_spec("triton") is not None)
+
+
+def memory_all_steps(u, A_bar, B_bar, m0, H, precision: str = "ieee") -> torch.Tensor:
+    """m for every step, ``(batch, time, D, n)``; arguments as ``linear_memory_fft`` (H may be None)."""
+    if use_triton_memory(u, A_bar):
+        from .toeplitz import linear_memory_toeplitz
+        return linear_memory_toeplitz(u, A_bar, B_bar, m0, impulse=H, precision=precision)
+    return linear_memory_fft(u, A_bar, B_bar, m0, impulse=H)
+
+
+def causal_projection(u, A_bar, B_bar, weight, m0, H, precision: str = "ieee") -> torch.Tensor:
+    """W m_t for every step without forming m, ``(batch, time, G)``; arguments as ``projected_memory_fft``.
+
+    With one memory dimension on CUDA, the projected impulse response W H_s ``(time, G)`` is itself the
+    kernel of a Toeplitz product, so only the G projected channels are ever written.
+    """
+    if use_triton_memory(u, A_bar) and u.shape[2] == 1:
+        from ...legendre import impulse_response
+        from .toeplitz import causal_toeplitz
+        time = u.shape[1]
+        H = impulse_response(A_bar, B_bar, time) if H is None else H  # (1, T, n)
+        kernel = H[0] @ weight[:, 0, :].t()  # (T, G)
+        out = causal_toeplitz(u, kernel, precision)[:, :, 0]  # (batch, T, G)
+        if m0 is not None:
+            out = out + torch.einsum("btdn,gdn->btg", zero_input_response(A_bar, m0, time), weight)
+        return out
+    return projected_memory_fft(u, A_bar, B_bar, weight, m0, impulse=H)

@@ -1,0 +1,181 @@
+"""The memory as a causal Toeplitz matrix product, in Triton: m_t = sum_{j <= t} H_{t-j} u_j.
+
+For each memory dimension the convolution is a matrix product whose second operand is the impulse response
+read along skewed indices: out[r, (t, c)] = sum_j u[r, j] * K[t - j, c], with rows r = (sequence, dimension),
+columns (step, channel) and the inner index the source step j. Each tile of the output is one ``tl.dot``
+loop over j <= t, so the tensor cores do the work (``precision="tf32"``) and the output is written once: the
+memory's write of B * T * D * n values is the only large memory traffic. K is small (T x C) and stays in L2.
+
+The gradient of u is the transposed product, out[r, j] = sum_{(t, c), t >= j} g[r, t, c] * K[t - j, c], split
+over ranges of t so that the grid fills the chip; the gradient of K (when theta or a projection is trained)
+goes through torch's FFT.
+
+``precision`` is Triton's ``input_precision``: "ieee" (float32 products), "tf32x3" (three tf32 products,
+close to float32) or "tf32" (one, about 1e-3 relative error).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ...legendre import impulse_response
+from .common import zero_input_response
+from .fft import fft_length
+
+PRECISIONS = ("ieee", "tf32x3", "tf32")
+
+
+@triton.jit
+def _toeplitz_forward_kernel(u_ptr, k_ptr, out_ptr, R, T, C, D,
+                             BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+                             BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """out[b, t, d, c] = sum_{j <= t} u[b, j, d] K[t - j, c]; rows r = b * D + d."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    t_block = pid_n // c_blocks
+    c_block = pid_n % c_blocks
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_T * BLOCK_C)
+    t = t_block * BLOCK_T + cols // BLOCK_C
+    c = c_block * BLOCK_C + cols % BLOCK_C
+    u_rows = (rows // D) * (T * D) + rows % D
+    row_ok = rows < R
+    col_ok = (t < T) & (c < C)
+    acc = tl.zeros((BLOCK_M, BLOCK_T * BLOCK_C), dtype=tl.float32)
+    t_end = tl.minimum((t_block + 1) * BLOCK_T, T)  # causal: sources after the tile's last step add nothing
+    for j0 in range(0, t_end, BLOCK_K):
+        j = j0 + tl.arange(0, BLOCK_K)
+        a = tl.load(u_ptr + u_rows[:, None] + j[None, :] * D, mask=row_ok[:, None] & (j < T)[None, :], other=0.0)
+        s = t[None, :] - j[:, None]  # (BLOCK_K, BLOCK_T * BLOCK_C): the lag of each (source, column)
+        b = tl.load(k_ptr + s * C + c[None, :], mask=(s >= 0) & col_ok[None, :], other=0.0)
+        acc += tl.dot(a, b, input_precision=PRECISION)
+    out_rows = (rows // D) * (T * D * C) + (rows % D) * C
+    tl.store(out_ptr + out_rows[:, None] + (t * (D * C) + c)[None, :], acc,
+             mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _toeplitz_grad_u_kernel(g_ptr, k_ptr, out_ptr, R, T, C, D, T_PER_SPLIT,
+                            BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_T: tl.constexpr,
+                            BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
+    """partial[split, r, j] = sum over this split's t >= j of sum_c g[b, t, d, c] K[t - j, c]."""
+    pid_m = tl.program_id(0)
+    pid_j = tl.program_id(1)
+    split = tl.program_id(2)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
+    row_ok = rows < R
+    g_rows = (rows // D) * (T * D * C) + (rows % D) * C
+    kk = tl.arange(0, BLOCK_T * BLOCK_C)
+    acc = tl.zeros((BLOCK_M, BLOCK_J), dtype=tl.float32)
+    t_start = tl.maximum(split * T_PER_SPLIT, pid_j * BLOCK_J)  # t < j contributes nothing
+    t_stop = tl.minimum((split + 1) * T_PER_SPLIT, T)
+    for t0 in range(t_start, t_stop, BLOCK_T):
+        t = t0 + kk // BLOCK_C
+        t_ok = t < t_stop
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + kk % BLOCK_C
+            ok = t_ok & (c < C)
+            a = tl.load(g_ptr + g_rows[:, None] + (t * (D * C) + c)[None, :], mask=row_ok[:, None] & ok[None, :],
+                        other=0.0)
+            s = t[:, None] - j[None, :]  # (BLOCK_T * BLOCK_C, BLOCK_J)
+            b = tl.load(k_ptr + s * C + c[:, None], mask=(s >= 0) & ok[:, None] & (j < T)[None, :], other=0.0)
+            acc += tl.dot(a, b, input_precision=PRECISION)
+    tl.store(out_ptr + split * R * T + rows[:, None] * T + j[None, :], acc,
+             mask=row_ok[:, None] & (j < T)[None, :])
+
+
+_FORWARD_BLOCKS = dict(BLOCK_M=64, BLOCK_T=4, BLOCK_C=32, BLOCK_K=32)
+_GRAD_BLOCKS = dict(BLOCK_M=64, BLOCK_J=64, BLOCK_T=2, BLOCK_C=32)
+
+
+def _grad_kernel_fft(grad: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """d loss / d K[s, c] = sum_{b, d, t} g[b, t, d, c] u[b, t - s, d], by FFT. grad (B, T, D, C), u (B, T, D)."""
+    time = u.shape[1]
+    n_fft = fft_length(2 * time - 1)
+    G = torch.fft.rfft(grad, n=n_fft, dim=1)  # (B, F, D, C)
+    U = torch.fft.rfft(u, n=n_fft, dim=1)  # (B, F, D)
+    spectrum = torch.einsum("bfdc,bfd->fc", G, U.conj())
+    return torch.fft.irfft(spectrum, n=n_fft, dim=0)[:time]
+
+
+class _CausalToeplitz(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, kernel, precision):
+        batch, time, D = u.shape
+        C = kernel.shape[1]
+        u, kernel = u.contiguous(), kernel.contiguous()
+        out = u.new_empty(batch, time, D, C)
+        blocks = _FORWARD_BLOCKS
+        grid = (triton.cdiv(batch * D, blocks["BLOCK_M"]),
+                triton.cdiv(time, blocks["BLOCK_T"]) * triton.cdiv(C, blocks["BLOCK_C"]))
+        _toeplitz_forward_kernel[grid](u, kernel, out, batch * D, time, C, D, **blocks, PRECISION=precision)
+        ctx.save_for_backward(u, kernel)
+        ctx.precision = precision
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():
+            raise RuntimeError("the Toeplitz memory has no double backward (create_graph=True); use mode='fft'")
+        u, kernel = ctx.saved_tensors
+        batch, time, D = u.shape
+        C = kernel.shape[1]
+        grad = grad.contiguous()
+        grad_u = grad_kernel = None
+        if ctx.needs_input_grad[0]:
+            blocks = _GRAD_BLOCKS
+            rows = batch * D
+            tiles = triton.cdiv(rows, blocks["BLOCK_M"]) * triton.cdiv(time, blocks["BLOCK_J"])
+            # Split the sum over t until the grid has a few programs per SM's worth of tiles.
+            splits = max(1, min(16, 512 // max(tiles, 1), triton.cdiv(time, blocks["BLOCK_T"])))
+            per_split = triton.cdiv(triton.cdiv(time, splits), blocks["BLOCK_T"]) * blocks["BLOCK_T"]
+            splits = triton.cdiv(time, per_split)
+            partial = u.new_empty(splits, rows, time)
+            grid = (triton.cdiv(rows, blocks["BLOCK_M"]), triton.cdiv(time, blocks["BLOCK_J"]), splits)
+            _toeplitz_grad_u_kernel[grid](grad, kernel, partial, rows, time, C, D, per_split, **blocks,
+                                          PRECISION=ctx.precision)
+            grad_u = partial.sum(0).view(batch, D, time).transpose(1, 2)
+        if ctx.needs_input_grad[1]:
+            grad_kernel = _grad_kernel_fft(grad, u)
+        return grad_u, grad_kernel, None
+
+
+def causal_toeplitz(u: torch.Tensor, kernel: torch.Tensor, precision: str = "ieee") -> torch.Tensor:
+    """out[b, t, d, c] = sum_{j <= t} u[b, j, d] kernel[t - j, c].
+
+    Args:
+        u: ``(batch, time, D)`` float32; kernel: ``(time, C)`` float32, on the same device (CUDA, or any under
+            ``TRITON_INTERPRET=1``).
+        precision: "ieee", "tf32x3" or "tf32".
+
+    Returns:
+        ``(batch, time, D, C)``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if u.ndim != 3 or kernel.ndim != 2 or kernel.shape[0] != u.shape[1]:
+        raise ValueError(f"u must be (batch, time, D) and kernel (time, C) with the same time; got u "
+                         f"{tuple(u.shape)}, kernel {tuple(kernel.shape)}")
+    if u.dtype != torch.float32 or kernel.dtype != torch.float32:
+        raise ValueError(f"the Toeplitz kernel computes in float32; got u {u.dtype}, kernel {kernel.dtype}")
+    return _CausalToeplitz.apply(u, kernel, precision)
+
+
+def linear_memory_toeplitz(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor,
+                           m0: torch.Tensor | None = None, *, impulse: torch.Tensor | None = None,
+                           precision: str = "ieee") -> torch.Tensor:
+    """The memory of every step as one Triton Toeplitz product. Shapes as in the package docstring; A_bar
+    must be shared (k = 1): per-dimension thetas have one impulse response each (use ``linear_memory_fft``)."""
+    if A_bar.shape[0] != 1:
+        raise ValueError("linear_memory_toeplitz needs one shared A_bar (k = 1); got k = "
+                         f"{A_bar.shape[0]}; use linear_memory_fft for per-dimension theta")
+    time = u.shape[1]
+    H = impulse_response(A_bar, B_bar, time) if impulse is None else impulse  # (1, T, n)
+    m = causal_toeplitz(u, H[0], precision)
+    if m0 is not None:
+        m = m + zero_input_response(A_bar, m0, time)
+    return m

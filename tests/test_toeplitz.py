@@ -1,0 +1,98 @@
+"""The Triton Toeplitz memory (contime.ops.lmu_memory.toeplitz) against the reference loop, through Triton's
+interpreter on the CPU; and the dispatch that picks it on CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import contime
+from contime.legendre import discretize, impulse_response
+from contime.ops.lmu_memory import dispatch, linear_memory_fft, linear_memory_naive, projected_memory_fft
+from contime.ops.lmu_cell import triton_available
+
+pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
+
+
+def system(order, theta):
+    return discretize(order, torch.tensor([float(theta)], dtype=torch.float64), 1.0, "zoh")
+
+
+def relative(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+@pytest.mark.parametrize("batch,time,dims,order", [(3, 37, 1, 8), (70, 21, 2, 40), (5, 70, 3, 33)])
+def test_toeplitz_memory_equals_the_loop(batch, time, dims, order):
+    """Shapes cut every tile partially: rows over 64, steps over 4 and 64, channels over 32, sources over 32."""
+    from contime.ops.lmu_memory.toeplitz import linear_memory_toeplitz
+    A64, B64 = system(order, time / 2)
+    u = torch.randn(batch, time, dims, requires_grad=True)
+    H = impulse_response(A64, B64, time).float().requires_grad_()
+    m0 = torch.randn(batch, dims, order, requires_grad=True)
+    m = linear_memory_toeplitz(u, A64.float(), B64.float(), m0, impulse=H)
+    weight = torch.randn_like(m)
+    grads = torch.autograd.grad((m * weight).sum(), [u, H, m0])
+
+    u64, m064 = u.detach().double().requires_grad_(), m0.detach().double().requires_grad_()
+    ref = linear_memory_naive(u64, A64, B64, m064)
+    ref_grads = torch.autograd.grad((ref * weight.double()).sum(), [u64, m064])
+    H64 = H.detach().double().requires_grad_()  # d/dH through the FFT path, which is exact in float64
+    ref_H = torch.autograd.grad((linear_memory_fft(u64.detach(), A64, B64, impulse=H64) * weight.double()).sum(),
+                                H64)[0]
+    errors = [relative(m, ref), relative(grads[0], ref_grads[0]), relative(grads[1], ref_H),
+              relative(grads[2], ref_grads[1])]
+    assert max(errors) < 1e-5, errors  # float32, "ieee" products: measured below 1e-6
+
+
+def test_toeplitz_refuses_bad_input():
+    from contime.ops.lmu_memory.toeplitz import causal_toeplitz, linear_memory_toeplitz
+    with pytest.raises(ValueError, match="precision"):
+        causal_toeplitz(torch.randn(2, 5, 1), torch.randn(5, 3), precision="bf16")
+    with pytest.raises(ValueError, match="kernel"):
+        causal_toeplitz(torch.randn(2, 5, 1), torch.randn(4, 3))
+    with pytest.raises(ValueError, match="float32"):
+        causal_toeplitz(torch.randn(2, 5, 1, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64))
+    A, B = discretize(4, torch.tensor([3.0, 5.0], dtype=torch.float64), 1.0, "zoh")
+    with pytest.raises(ValueError, match="shared A_bar"):
+        linear_memory_toeplitz(torch.randn(2, 5, 2), A.float(), B.float())
+
+
+def test_dispatch_keeps_the_fft_off_cuda():
+    A, B = system(4, 5)
+    u = torch.randn(2, 9, 1)
+    assert not dispatch.use_triton_memory(u, A.float())
+    torch.testing.assert_close(dispatch.memory_all_steps(u, A.float(), B.float(), None, None),
+                               linear_memory_fft(u, A.float(), B.float()))
+
+
+def test_projection_through_the_toeplitz_kernel(monkeypatch):
+    """The folded projection W m_t, computed as a Toeplitz product with W H_s, equals the FFT path."""
+    monkeypatch.setattr(dispatch, "use_triton_memory", lambda u, A_bar: True)
+    A64, B64 = system(12, 20)
+    A, B = A64.float(), B64.float()
+    u = torch.randn(4, 30, 1)
+    weight = torch.randn(7, 1, 12)
+    m0 = torch.randn(4, 1, 12)
+    got = dispatch.causal_projection(u, A, B, weight, m0, None)
+    ref = projected_memory_fft(u.double(), A64, B64, weight.double(), m0.double())
+    assert relative(got, ref) < 1e-5
+
+
+def test_lmu_fft_mode_with_the_kernel_equals_the_loop(monkeypatch):
+    """The LMU's fft mode as CUDA runs it (the dispatch forced on): memory-only and RNN-cell layers."""
+    monkeypatch.setattr(dispatch, "use_triton_memory", lambda u, A_bar: True)
+    for cell in (None, nn.RNNCell(10 + 1, 6)):
+        lmu = contime.LMU(1, 1, 10, 15.0, cell, input_to_hidden=cell is not None, mode="fft")
+        x = torch.randn(3, 25, 1, requires_grad=True)
+        outputs = {}
+        for mode in ("fft", "recurrent"):
+            lmu.mode = mode
+            lmu.zero_grad()
+            y, state = lmu(x)
+            loss = (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum() + state.memory.sum()
+            grads = torch.autograd.grad(loss, [x] + [p for p in lmu.parameters() if p.requires_grad])
+            outputs[mode] = [y, state.memory, *grads]
+        errors = [relative(a, b) for a, b in zip(outputs["fft"], outputs["recurrent"])]
+        assert max(errors) < 1e-5, errors
