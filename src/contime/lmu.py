@@ -485,11 +485,19 @@ class LMU(nn.Module):
             if bias is not None:
                 xh = xh + bias
         h0 = state.hidden if state.hidden is not None else x.new_zeros(x.shape[0], self.output_size)
-        on_gpu = x.device.type == "cuda" and x.dtype == torch.float32 and triton_available()
-        hs, ms = lmu_cell_sequence(
-            u_x.transpose(0, 1), xh, A_T, Bm, self.hidden_kernel, self.memory_kernel, cell.weight_ih[:, :N].t(),
-            cell.weight_hh.t(), state.memory, h0, relu=cell.nonlinearity == "relu",
-            backend="triton" if on_gpu else "torch", precision=self.kernel_precision)
+        args = [u_x.transpose(0, 1), xh, A_T, Bm, self.hidden_kernel, self.memory_kernel, cell.weight_ih[:, :N].t(),
+                cell.weight_hh.t(), state.memory, h0]
+        # Under autocast the products above come out in a lower precision than the weights: the recurrence
+        # itself runs in the widest dtype among its operands (float32 for float32 weights), as one node.
+        dtype = cell.weight_hh.dtype
+        for tensor in args:
+            if tensor is not None:
+                dtype = torch.promote_types(dtype, tensor.dtype)
+        args = [t if t is None else t.to(dtype) for t in args]
+        on_gpu = x.device.type == "cuda" and dtype == torch.float32 and triton_available()
+        with torch.autocast(x.device.type, enabled=False):
+            hs, ms = lmu_cell_sequence(*args, relu=cell.nonlinearity == "relu",
+                                       backend="triton" if on_gpu else "torch", precision=self.kernel_precision)
         return hs.transpose(0, 1), LMUState(ms[-1], hs[-1])
 
     def _forward_varying(self, x, u_x, state, dt, lengths, recurrent_mask, starts_at_zero):

@@ -239,11 +239,34 @@ def _memory_final(shape, device, dtype):
                        all_states=False)
 
 
+def _toeplitz_builder(precision: str):
+    def build(shape, device, dtype):
+        import os
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise PathUnavailable("the Triton kernel needs CUDA")
+        if dtype != torch.float32:
+            raise PathUnavailable("the Triton kernel computes in float32")
+        from ..ops.lmu_memory.toeplitz import linear_memory_toeplitz
+        s = memory_system(shape, device, dtype)
+        return memory_case(shape, device, dtype, lambda u: linear_memory_toeplitz(u, s.A_bar, s.B_bar, impulse=s.H,
+                                                                                  precision=precision))
+    return build
+
+
+for _precision in ("ieee", "tf32x3", "tf32"):
+    register_path("memory-toeplitz" + ("" if _precision == "ieee" else f"-{_precision}"), kind="memory",
+                  description=f"Triton causal Toeplitz product, {_precision} products, all states")(
+        _toeplitz_builder(_precision))
+
+
 # --------------------------------------------------------------------------------------------------- LMU cells
 # LMU keyword arguments per configuration; every one has an nn.RNNCell hidden cell and returns the last output.
 LMU_CONFIGS: dict[str, dict[str, Any]] = {
     "cell": {"hidden_to_memory": True},  # the full cell: h_{t-1} feeds u_t, so only a loop computes it
     "psmnist": {"input_to_hidden": True},  # Voelker et al.'s psMNIST LMU: the memory is fed by x alone
+    # The same with the Triton kernels' products in tf32 (CUDA only: elsewhere kernel_precision changes nothing).
+    "cell-tf32": {"hidden_to_memory": True, "kernel_precision": "tf32"},
+    "psmnist-tf32": {"input_to_hidden": True, "kernel_precision": "tf32"},
 }
 
 
@@ -256,6 +279,8 @@ def lmu_case(shape: BenchShape, device: torch.device, dtype: torch.dtype, mode: 
     hidden_in = shape.memory_d * shape.order + (1 if kwargs.get("input_to_hidden") else 0)
     lmu = LMU(1, shape.memory_d, shape.order, float(shape.theta), nn.RNNCell(hidden_in, shape.hidden),
               return_sequences=False, **kwargs)
+    if kwargs.get("kernel_precision", "ieee") != "ieee" and device.type != "cuda":
+        raise PathUnavailable("kernel_precision applies to the Triton kernels on CUDA only")
     valid = lmu.valid_modes()
     if mode not in valid:
         raise PathUnavailable(f"mode {mode!r} is not among LMU.valid_modes() {valid} for the {config!r} configuration")
@@ -278,8 +303,11 @@ def register_lmu_path(name: str, mode: str, config: str, description: str = "") 
 
 
 register_lmu_path("lmu-cell-loop", mode="recurrent", config="cell")
-register_lmu_path("lmu-cell-fused", mode="fused", config="cell")  # skipped until LMU has a "fused" mode
-register_lmu_path("lmu-fft", mode="fft", config="psmnist")
+register_lmu_path("lmu-cell-fused", mode="fused", config="cell")
+register_lmu_path("lmu-cell-fused-tf32", mode="fused", config="cell-tf32")
+register_lmu_path("lmu-fft", mode="fft", config="psmnist")  # on CUDA: the projected Toeplitz kernel
+register_lmu_path("lmu-fft-tf32", mode="fft", config="psmnist-tf32")
+register_lmu_path("lmu-fused", mode="fused", config="psmnist")
 register_lmu_path("lmu-loop", mode="recurrent", config="psmnist")
 
 

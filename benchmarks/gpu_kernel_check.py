@@ -1,0 +1,122 @@
+"""Correctness of the Triton kernels on a real GPU, against float64 references (run by gpu_kernels.sh).
+
+The unit tests run the same kernels through Triton's interpreter on the CPU; this checks the compiled
+kernels, at the psMNIST shape, for every precision. Prints one JSON line per check:
+{"check", "precision", "what", "relative_error"} with ||got - ref|| / ||ref|| in float64.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+from torch import nn
+
+import contime
+from contime.legendre import discretize, impulse_response
+from contime.ops.lmu_cell import lmu_cell_naive, lmu_cell_sequence
+from contime.ops.lmu_memory import linear_memory_fft
+from contime.ops.lmu_memory.toeplitz import causal_toeplitz
+
+PRECISIONS = ("ieee", "tf32x3", "tf32")
+failures = []
+
+
+def report(check, precision, what, got, ref, bound):
+    error = float((got.double().cpu() - ref.double().cpu()).norm() / ref.double().cpu().norm())
+    ok = error < bound and bool(torch.isfinite(got).all())
+    print(json.dumps({"check": check, "precision": precision, "what": what, "relative_error": error,
+                      "bound": bound, "ok": ok}), flush=True)
+    if not ok:
+        failures.append((check, precision, what, error))
+
+
+def bound_for(precision):
+    return {"ieee": 1e-5, "tf32x3": 1e-5, "tf32": 1e-2}[precision]
+
+
+def check_cell(time=64, batch=100, n=256, hidden=212):
+    torch.manual_seed(1)
+    scale = 0.05
+    shapes = [(time, batch, 1), (time, batch, hidden), (n, n), (1, n), (hidden, 1), (n, 1), (n, hidden),
+              (hidden, hidden), (batch, n), (batch, hidden)]
+    args64 = [torch.randn(s, dtype=torch.float64) * scale for s in shapes]
+    A, B = discretize(n, torch.tensor([784.0], dtype=torch.float64), 1.0, "zoh")
+    args64[2], args64[3] = A[0].t().clone(), B.clone()
+    leaves64 = [a.clone().requires_grad_() for a in args64]
+    hs, ms = lmu_cell_naive(*leaves64)
+    g_h, g_m = torch.randn_like(hs), torch.randn_like(ms)
+    ref = [hs, ms, *torch.autograd.grad((hs * g_h).sum() + (ms * g_m).sum(), leaves64)]
+    names = ["hs", "ms", "ux", "xh", "A_T", "Bm", "E_h", "E_m", "W_m", "W_h", "m0", "h0"]
+    for precision in PRECISIONS:
+        leaves = [a.float().cuda().requires_grad_() for a in args64]
+        hs, ms = lmu_cell_sequence(*leaves, backend="triton", precision=precision)
+        got = [hs, ms, *torch.autograd.grad((hs * g_h.float().cuda()).sum() + (ms * g_m.float().cuda()).sum(),
+                                            leaves)]
+        for name, a, b in zip(names, got, ref):
+            report("fused-cell", precision, name, a.detach(), b.detach(), bound_for(precision))
+
+
+def check_lmu_fused_mode(time=784, batch=100, n=256, hidden=212):
+    torch.manual_seed(2)
+    lmu = contime.LMU(1, 1, n, 784.0, nn.RNNCell(n, hidden), hidden_to_memory=True, return_sequences=False)
+    lmu64 = lmu.double()
+    x = torch.randn(batch, time, 1, dtype=torch.float64)
+    lmu64.mode = "recurrent"
+    y_ref, state_ref = lmu64(x)
+    for precision in PRECISIONS:
+        lmu32 = contime.LMU(1, 1, n, 784.0, nn.RNNCell(n, hidden), hidden_to_memory=True, return_sequences=False,
+                            mode="fused", kernel_precision=precision)
+        lmu32.load_state_dict({k: v.float() for k, v in lmu64.state_dict().items()})
+        lmu32 = lmu32.cuda()
+        with torch.no_grad():
+            y, state = lmu32(x.float().cuda())
+        report("lmu-fused-mode-784", precision, "y", y, y_ref.detach(), bound_for(precision) * 10)
+        report("lmu-fused-mode-784", precision, "memory", state.memory, state_ref.memory.detach(),
+               bound_for(precision) * 10)
+
+
+def check_toeplitz(time=784, batch=100, n=256):
+    torch.manual_seed(3)
+    A, B = discretize(n, torch.tensor([784.0], dtype=torch.float64), 1.0, "zoh")
+    H = impulse_response(A, B, time)
+    u64 = torch.randn(batch, time, 1, dtype=torch.float64, requires_grad=True)
+    m64 = linear_memory_fft(u64, A, B, impulse=H)
+    g = torch.randn_like(m64)
+    gu64, = torch.autograd.grad(m64, u64, g)
+    for precision in PRECISIONS:
+        u = u64.detach().float().cuda().requires_grad_()
+        m = causal_toeplitz(u, H[0].float().cuda(), precision)
+        gu, = torch.autograd.grad(m, u, g.float().cuda())
+        report("toeplitz-memory", precision, "m", m.detach(), m64.detach(), bound_for(precision))
+        report("toeplitz-memory", precision, "grad_u", gu, gu64, bound_for(precision))
+
+
+def check_lmu_projected(time=784, batch=100, n=256, hidden=212):
+    torch.manual_seed(4)
+    lmu64 = contime.LMU(1, 1, n, 784.0, nn.RNNCell(n + 1, hidden), input_to_hidden=True,
+                        return_sequences=False).double()
+    x = torch.randn(batch, time, 1, dtype=torch.float64)
+    lmu64.mode = "fft"
+    y_ref, _ = lmu64(x)
+    for precision in PRECISIONS:
+        lmu32 = contime.LMU(1, 1, n, 784.0, nn.RNNCell(n + 1, hidden), input_to_hidden=True,
+                            return_sequences=False, mode="fft", kernel_precision=precision)
+        lmu32.load_state_dict({k: v.float() for k, v in lmu64.state_dict().items()})
+        with torch.no_grad():
+            y, _ = lmu32.cuda()(x.float().cuda())
+        report("lmu-fft-projected-784", precision, "y", y, y_ref.detach(), bound_for(precision) * 10)
+
+
+if __name__ == "__main__":
+    if not torch.cuda.is_available():
+        sys.exit("needs CUDA")
+    for check in (check_cell, check_toeplitz, check_lmu_projected, check_lmu_fused_mode):
+        try:
+            check()
+        except Exception as error:  # report and go on: one broken check must not hide the others
+            print(json.dumps({"check": check.__name__, "error": repr(error)}), flush=True)
+            failures.append((check.__name__, repr(error)))
+    print(json.dumps({"failures": len(failures)}))
+    sys.exit(1 if failures else 0)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The GPU kernels on one card (issue 6): correctness against float64, block-size sweep, `contime bench` at the
+# psMNIST shape with the precision table, and long sequences. Made for one remote call of about 8 minutes.
+#
+#     bash benchmarks/gpu_kernels.sh            # from the repository root; results under $OUT (or runs/gpu)
+#
+# The GPU image has torch and triton but not pysiglib/torchcde/nengo; their wheels must be in ./wheels/
+# (git-ignored; carry it): pip download --no-deps -d wheels pysiglib==4.0.0 torchcde==0.2.5 torchsde==0.2.6
+# trampoline==0.1.2 nengo==4.1.0
+# Settings: PYTHON (python3), STEPS (check,tune,bench,long: which parts run), BENCH_ARGS (extra bench options).
+set -uo pipefail
+PYTHON=${PYTHON:-python3}
+STEPS=${STEPS:-check,tune,bench,long}
+RESULTS=${OUT:-runs/gpu}
+mkdir -p "$RESULTS"
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if ! "$PYTHON" -c "import pysiglib, torchcde, nengo" 2>/dev/null; then
+    "$PYTHON" -m pip install --quiet --no-deps --no-index wheels/*.whl || exit 3
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+"$PYTHON" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+step() { [[ ",$STEPS," == *",$1,"* ]]; }
+bench() { "$PYTHON" -c "from contime.cli import app; app()" bench "$@"; }
+
+step check && { echo "== check"; timeout 180 "$PYTHON" benchmarks/gpu_kernel_check.py | tee "$RESULTS/check.jsonl"; }
+step tune && { echo "== tune"; timeout 150 "$PYTHON" benchmarks/gpu_kernel_tune.py | tee "$RESULTS/tune.jsonl"; }
+step bench && { echo "== bench"; timeout 300 bench --device cuda --precision --repeat 10 --out "$RESULTS/bench.jsonl" ${BENCH_ARGS:-}; }
+step long && { echo "== long"; timeout 150 "$PYTHON" benchmarks/long_sequences.py --device cuda --out "$RESULTS/long.jsonl"; }
+echo "== done"
