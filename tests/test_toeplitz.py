@@ -23,15 +23,17 @@ def relative(a, b):
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
-@pytest.mark.parametrize("batch,time,dims,order", [(3, 37, 1, 8), (70, 21, 2, 40), (5, 70, 3, 33)])
-def test_toeplitz_memory_equals_the_loop(batch, time, dims, order):
-    """Shapes cut every tile partially: rows over 64, steps over 4 and 64, channels over 32, sources over 32."""
+@pytest.mark.parametrize("forward_kernel", ["rows", "columns"])
+@pytest.mark.parametrize("batch,time,dims,order", [(3, 37, 1, 8), (70, 21, 2, 40), (5, 150, 3, 33)])
+def test_toeplitz_memory_equals_the_loop(batch, time, dims, order, forward_kernel):
+    """Shapes cut every tile partially: rows over 64, steps over 4, 64 and 128, channels over 32 and 128,
+    sources over 32."""
     from contime.ops.lmu_memory.toeplitz import linear_memory_toeplitz
     A64, B64 = system(order, time / 2)
     u = torch.randn(batch, time, dims, requires_grad=True)
     H = impulse_response(A64, B64, time).float().requires_grad_()
     m0 = torch.randn(batch, dims, order, requires_grad=True)
-    m = linear_memory_toeplitz(u, A64.float(), B64.float(), m0, impulse=H)
+    m = linear_memory_toeplitz(u, A64.float(), B64.float(), m0, impulse=H, forward_kernel=forward_kernel)
     weight = torch.randn_like(m)
     grads = torch.autograd.grad((m * weight).sum(), [u, H, m0])
 
@@ -52,6 +54,8 @@ def test_toeplitz_refuses_bad_input():
         causal_toeplitz(torch.randn(2, 5, 1), torch.randn(5, 3), precision="bf16")
     with pytest.raises(ValueError, match="kernel"):
         causal_toeplitz(torch.randn(2, 5, 1), torch.randn(4, 3))
+    with pytest.raises(ValueError, match="forward_kernel"):
+        causal_toeplitz(torch.randn(2, 5, 1), torch.randn(5, 3), forward_kernel="diagonal")
     with pytest.raises(ValueError, match="float32"):
         causal_toeplitz(torch.randn(2, 5, 1, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64))
     A, B = discretize(4, torch.tensor([3.0, 5.0], dtype=torch.float64), 1.0, "zoh")
@@ -96,3 +100,16 @@ def test_lmu_fft_mode_with_the_kernel_equals_the_loop(monkeypatch):
             outputs[mode] = [y, state.memory, *grads]
         errors = [relative(a, b) for a, b in zip(outputs["fft"], outputs["recurrent"])]
         assert max(errors) < 1e-5, errors
+
+
+def test_convolutions_run_outside_autocast():
+    """Under autocast the memory is computed in float32 (cuFFT and the kernels take no bfloat16)."""
+    A, B = system(6, 9)
+    u = torch.randn(2, 15, 1)
+    ref = dispatch.memory_all_steps(u, A.float(), B.float(), None, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = dispatch.memory_all_steps(u.bfloat16(), A.float(), B.float(), None, None)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, dispatch.memory_all_steps(u.bfloat16().float(), A.float(), B.float(), None,
+                                                                None))
+    assert relative(got, ref) < 1e-2  # only the input's rounding to bfloat16

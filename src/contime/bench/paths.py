@@ -239,7 +239,7 @@ def _memory_final(shape, device, dtype):
                        all_states=False)
 
 
-def _toeplitz_builder(precision: str):
+def _toeplitz_builder(precision: str, forward_kernel: str = "rows"):
     def build(shape, device, dtype):
         import os
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -248,8 +248,8 @@ def _toeplitz_builder(precision: str):
             raise PathUnavailable("the Triton kernel computes in float32")
         from ..ops.lmu_memory.toeplitz import linear_memory_toeplitz
         s = memory_system(shape, device, dtype)
-        return memory_case(shape, device, dtype, lambda u: linear_memory_toeplitz(u, s.A_bar, s.B_bar, impulse=s.H,
-                                                                                  precision=precision))
+        return memory_case(shape, device, dtype, lambda u: linear_memory_toeplitz(
+            u, s.A_bar, s.B_bar, impulse=s.H, precision=precision, forward_kernel=forward_kernel))
     return build
 
 
@@ -257,6 +257,9 @@ for _precision in ("ieee", "tf32x3", "tf32"):
     register_path("memory-toeplitz" + ("" if _precision == "ieee" else f"-{_precision}"), kind="memory",
                   description=f"Triton causal Toeplitz product, {_precision} products, all states")(
         _toeplitz_builder(_precision))
+register_path("memory-toeplitz-columns", kind="memory",
+              description="Triton causal Toeplitz product, the other tiling (rows = sequences), all states")(
+    _toeplitz_builder("ieee", "columns"))
 
 
 # --------------------------------------------------------------------------------------------------- LMU cells
@@ -266,6 +269,7 @@ LMU_CONFIGS: dict[str, dict[str, Any]] = {
     "psmnist": {"input_to_hidden": True},  # Voelker et al.'s psMNIST LMU: the memory is fed by x alone
     # The same with the Triton kernels' products in tf32 (CUDA only: elsewhere kernel_precision changes nothing).
     "cell-tf32": {"hidden_to_memory": True, "kernel_precision": "tf32"},
+    "cell-tf32x3": {"hidden_to_memory": True, "kernel_precision": "tf32x3"},
     "psmnist-tf32": {"input_to_hidden": True, "kernel_precision": "tf32"},
 }
 
@@ -304,6 +308,7 @@ def register_lmu_path(name: str, mode: str, config: str, description: str = "") 
 
 register_lmu_path("lmu-cell-loop", mode="recurrent", config="cell")
 register_lmu_path("lmu-cell-fused", mode="fused", config="cell")
+register_lmu_path("lmu-cell-fused-tf32x3", mode="fused", config="cell-tf32x3")
 register_lmu_path("lmu-cell-fused-tf32", mode="fused", config="cell-tf32")
 register_lmu_path("lmu-fft", mode="fft", config="psmnist")  # on CUDA: the projected Toeplitz kernel
 register_lmu_path("lmu-fft-tf32", mode="fft", config="psmnist-tf32")

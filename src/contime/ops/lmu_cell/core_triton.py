@@ -1,16 +1,25 @@
 """The sequential core of the fused LMU cell as two persistent Triton kernels (forward and backward).
 
-One program owns ``BLOCK_B`` sequences of the batch for the whole sequence: the recurrence never leaves the
-kernel, and the weights (well under 1 MB at the psMNIST shape) stay in the L2 cache across steps. Each step
-runs in phases, each a set of blocked matrix products over chunks of the state; the states it needs from
-the previous phase are read back from the output buffers that it just wrote, after a block-wide barrier
-(sequences never interact, so no program waits for another).
+The recurrence never leaves the kernel. Sequences never interact, so the batch is cut into blocks of
+``BLOCK_B`` sequences; each block is served by a *group* of ``SPLIT`` programs that share every step's work by
+columns: program k of a group computes the k-th, (k + SPLIT)-th, ... chunks of ``BLOCK_N`` columns of m_t and
+of h_t. Each step has two phases (m_t, then h_t; in the backward pass dp_t, then dm_t), and the programs of a
+group meet at a barrier after each phase: an atomic counter per group in global memory, bumped with release
+semantics and polled with acquire semantics. States written by one program and read by another always go
+through L2 (``.cg`` loads). The weights (well under 1 MB at the psMNIST shape) stay in L2 across steps.
+
+Why split: one program per block of 16 sequences would do all of a step's 2.6 M multiply-adds (psMNIST shape)
+on one SM while the other SMs idle; a group of SPLIT programs does it SPLIT times faster, at the cost of the
+two barriers per step. All programs of a group must be resident at once: the launch keeps
+``groups * SPLIT`` within the SM count, and the program id puts a group's members side by side.
 
 The kernels fill exactly the buffers that ``core_torch`` fills; ``contime.ops.lmu_cell`` holds the
-equations. ``precision`` is Triton's ``input_precision`` of every product: "ieee" (float32 products), "tf32x3" (three
-tf32 products, near float32) or "tf32" (the tensor cores' float32 mode, about 1e-3 relative error per product).
+equations. ``precision`` is Triton's ``input_precision`` of every product: "ieee" (float32 products), "tf32x3"
+(three tf32 products, near float32) or "tf32" (one; its ~1e-3 error per product compounds through the
+recurrence: measured 15-24% relative error after 784 steps on an H100, so it is for experiments only).
 
-Under ``TRITON_INTERPRET=1`` the same kernels run on the CPU with numpy, which is how the tests check them.
+Under ``TRITON_INTERPRET=1`` the same kernels run on the CPU with numpy (programs one after another, so only
+with SPLIT = 1, where the barrier never waits), which is how the tests check them.
 """
 
 from __future__ import annotations
@@ -18,7 +27,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
 
 
 @triton.jit
@@ -30,7 +38,7 @@ def _tile(ptr, rows, cols, n_rows, n_cols, row_stride):
 
 @triton.jit
 def _state(ptr, rows, cols, n_rows, n_cols, row_stride):
-    """Like ``_tile``, for a state written earlier in this launch: read through L2, never a stale L1 line."""
+    """Like ``_tile``, for a state written earlier in this launch (maybe by another program): read from L2."""
     mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     return tl.load(ptr + rows[:, None] * row_stride + cols[None, :], mask=mask, other=0.0, cache_modifier=".cg")
 
@@ -42,13 +50,28 @@ def _put(ptr, value, rows, cols, n_rows, n_cols, row_stride):
 
 
 @triton.jit
+def _group_barrier(counter_ptr, target):
+    """Wait until every program of the group has arrived here as often as ``target / SPLIT`` times."""
+    tl.debug_barrier()  # this program's stores are issued before it announces them
+    tl.atomic_add(counter_ptr, 1, sem="release")
+    seen = tl.atomic_add(counter_ptr, 0, sem="acquire")
+    while seen < target:
+        seen = tl.atomic_add(counter_ptr, 0, sem="acquire")
+    tl.debug_barrier()
+
+
+@triton.jit
 def _lmu_cell_forward_kernel(
         ux_ptr, xh_ptr, AT_ptr, Bm_ptr, Eh_ptr, Em_ptr, Wm_ptr, Wh_ptr,  # inputs
-        H_ptr, M_ptr, U_ptr,  # outputs: H_ext (T+1, B, H), M_ext (T+1, B, N), U (T, B, D)
+        H_ptr, M_ptr, U_ptr, sync_ptr,  # outputs: H_ext (T+1, B, H), M_ext (T+1, B, N), U (T, B, D); counters
         T, B, HID, N, D,
         BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr):
-    rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    member = tl.program_id(0)  # which columns this program computes
+    SPLIT = tl.num_programs(0)  # members per group
+    group = tl.program_id(1)  # which sequences
+    counter = sync_ptr + group
+    rb = group * BLOCK_B + tl.arange(0, BLOCK_B)
     rd = tl.arange(0, BLOCK_D)
     rk = tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
@@ -57,7 +80,7 @@ def _lmu_cell_forward_kernel(
         m_prev = M_ptr + t * B * N
         m_new = M_ptr + (t + 1) * B * N
         h_new = H_ptr + (t + 1) * B * HID
-        # Phase 1: u_t = ux_t + h_{t-1} E_h + m_{t-1} E_m, (BLOCK_B, BLOCK_D).
+        # Phase 1: u_t = ux_t + h_{t-1} E_h + m_{t-1} E_m, (BLOCK_B, BLOCK_D); small, so every member computes it.
         u = _tile(ux_ptr + t * B * D, rb, rd, B, D, D)
         if HAS_EH:
             for k0 in range(0, HID, BLOCK_K):
@@ -67,17 +90,18 @@ def _lmu_cell_forward_kernel(
             for k0 in range(0, N, BLOCK_K):
                 u += tl.dot(_state(m_prev, rb, k0 + rk, B, N, N), _tile(Em_ptr, k0 + rk, rd, N, D, D),
                             input_precision=PRECISION)
-        _put(U_ptr + t * B * D, u, rb, rd, B, D, D)
-        # Phase 2: m_t = m_{t-1} A^T + u_t Bm, one column chunk at a time.
-        for j0 in range(0, N, BLOCK_N):
+        if member == 0:
+            _put(U_ptr + t * B * D, u, rb, rd, B, D, D)
+        # Phase 2: this member's column chunks of m_t = m_{t-1} A^T + u_t Bm.
+        for j0 in range(member * BLOCK_N, N, SPLIT * BLOCK_N):
             acc = tl.dot(u, _tile(Bm_ptr, rd, j0 + rn, D, N, N), input_precision=PRECISION)
             for k0 in range(0, N, BLOCK_K):
                 acc += tl.dot(_state(m_prev, rb, k0 + rk, B, N, N), _tile(AT_ptr, k0 + rk, j0 + rn, N, N, N),
                               input_precision=PRECISION)
             _put(m_new, acc, rb, j0 + rn, B, N, N)
-        tl.debug_barrier()  # every chunk of m_t is written before any thread reads it back
-        # Phase 3: h_t = act(xh_t + m_t W_m + h_{t-1} W_h).
-        for j0 in range(0, HID, BLOCK_N):
+        _group_barrier(counter, (2 * t + 1) * SPLIT)  # all of m_t written
+        # Phase 3: this member's column chunks of h_t = act(xh_t + m_t W_m + h_{t-1} W_h).
+        for j0 in range(member * BLOCK_N, HID, SPLIT * BLOCK_N):
             acc = _tile(xh_ptr + t * B * HID, rb, j0 + rn, B, HID, HID)
             for k0 in range(0, N, BLOCK_K):
                 acc += tl.dot(_state(m_new, rb, k0 + rk, B, N, N), _tile(Wm_ptr, k0 + rk, j0 + rn, N, HID, HID),
@@ -90,32 +114,34 @@ def _lmu_cell_forward_kernel(
             else:
                 h = 2.0 * tl.sigmoid(2.0 * acc) - 1.0  # tanh
             _put(h_new, h, rb, j0 + rn, B, HID, HID)
-        tl.debug_barrier()  # h_t complete before step t + 1 reads it
+        _group_barrier(counter, (2 * t + 2) * SPLIT)  # all of h_t written
 
 
 @triton.jit
 def _lmu_cell_backward_kernel(
         gh_ptr, gm_ptr, H_ptr, A_ptr, BmT_ptr, EhT_ptr, EmT_ptr, WmT_ptr, WhT_ptr,  # inputs
-        DP_ptr, DM_ptr, DU_ptr,  # outputs (T+1, B, .), entry T zero on entry
+        DP_ptr, DM_ptr, DU_ptr, sync_ptr,  # outputs (T+1, B, .), entry T zero on entry; counters
         T, B, HID, N, D,
         BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, HAS_GM: tl.constexpr, RELU: tl.constexpr,
         PRECISION: tl.constexpr):
-    rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    member = tl.program_id(0)
+    SPLIT = tl.num_programs(0)
+    group = tl.program_id(1)
+    counter = sync_ptr + group
+    rb = group * BLOCK_B + tl.arange(0, BLOCK_B)
     rd = tl.arange(0, BLOCK_D)
     rk = tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
+    du_later = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)  # du_{t+1}: every member keeps its own copy
     for step in range(T):
         t = T - 1 - step
         dp_next = DP_ptr + (t + 1) * B * HID
         dm_next = DM_ptr + (t + 1) * B * N
-        du_next = DU_ptr + (t + 1) * B * D
         dp_now = DP_ptr + t * B * HID
         dm_now = DM_ptr + t * B * N
-        # Phase 1: dp_t = (gh_t + dp_{t+1} W_h^T + du_{t+1} E_h^T) * act'(h_t).
-        if HAS_EH:
-            du_later = _state(du_next, rb, rd, B, D, D)
-        for j0 in range(0, HID, BLOCK_N):
+        # Phase 1: dp_t = (gh_t + dp_{t+1} W_h^T + du_{t+1} E_h^T) * act'(h_t), this member's chunks.
+        for j0 in range(member * BLOCK_N, HID, SPLIT * BLOCK_N):
             acc = _tile(gh_ptr + t * B * HID, rb, j0 + rn, B, HID, HID)
             for k0 in range(0, HID, BLOCK_K):
                 acc += tl.dot(_state(dp_next, rb, k0 + rk, B, HID, HID),
@@ -128,11 +154,9 @@ def _lmu_cell_backward_kernel(
             else:
                 acc = acc * (1.0 - h * h)
             _put(dp_now, acc, rb, j0 + rn, B, HID, HID)
-        tl.debug_barrier()
-        # Phase 2: dm_t = gm_t + dm_{t+1} A + du_{t+1} E_m^T + dp_t W_m^T.
-        if HAS_EM:
-            du_later = _state(du_next, rb, rd, B, D, D)
-        for j0 in range(0, N, BLOCK_N):
+        _group_barrier(counter, (2 * step + 1) * SPLIT)  # all of dp_t written
+        # Phase 2: dm_t = gm_t + dm_{t+1} A + du_{t+1} E_m^T + dp_t W_m^T, this member's chunks.
+        for j0 in range(member * BLOCK_N, N, SPLIT * BLOCK_N):
             if HAS_GM:
                 acc = _tile(gm_ptr + t * B * N, rb, j0 + rn, B, N, N)
             else:
@@ -146,26 +170,61 @@ def _lmu_cell_backward_kernel(
                 acc += tl.dot(_state(dp_now, rb, k0 + rk, B, HID, HID),
                               _tile(WmT_ptr, k0 + rk, j0 + rn, HID, N, N), input_precision=PRECISION)
             _put(dm_now, acc, rb, j0 + rn, B, N, N)
-        tl.debug_barrier()
-        # Phase 3: du_t = dm_t Bm^T.
+        _group_barrier(counter, (2 * step + 2) * SPLIT)  # all of dm_t written
+        # Phase 3: du_t = dm_t Bm^T, small: every member computes it; one stores it.
         du = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)
         for k0 in range(0, N, BLOCK_K):
             du += tl.dot(_state(dm_now, rb, k0 + rk, B, N, N), _tile(BmT_ptr, k0 + rk, rd, N, D, D),
                          input_precision=PRECISION)
-        _put(DU_ptr + t * B * D, du, rb, rd, B, D, D)
-        tl.debug_barrier()
+        if member == 0:
+            _put(DU_ptr + t * B * D, du, rb, rd, B, D, D)
+        du_later = du
 
 
-def _blocks(D: int, block_b: int, block_k: int, block_n: int):
-    return dict(BLOCK_B=block_b, BLOCK_K=block_k, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(D)))
+# Tile shapes tried by the autotuner on a GPU (per batch, hidden, memory and input size); the interpreter
+# takes the first.
+CELL_CONFIGS = [(32, 64, 4), (64, 64, 4), (32, 32, 4), (64, 128, 8), (32, 64, 8), (64, 32, 4)]  # BLOCK_K, BLOCK_N, warps
+BLOCK_B = 16  # the smallest row count of a tensor-core product
+
+
+def _interpreting() -> bool:
+    import os
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _dummy(like: torch.Tensor) -> torch.Tensor:
     return like.new_zeros(1)
 
 
-def forward_core(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, relu: bool, precision: str = "ieee",
-                 block_b: int = 16, block_k: int = 32, block_n: int = 64, num_warps: int = 4):
+def _group_size(batch: int, columns: int, block_n: int, device: torch.device) -> int:
+    """Programs per group of BLOCK_B sequences: one per chunk of ``block_n`` columns of the widest state, but
+    never more programs than SMs (members of a group wait for each other, so all must be resident at once);
+    1 in the interpreter, which runs programs one after another."""
+    if _interpreting() or device.type != "cuda":
+        return 1
+    groups = triton.cdiv(batch, BLOCK_B)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(triton.cdiv(columns, block_n), sms // groups))
+
+
+_TUNED: dict = {}
+
+
+def _launcher(kernel, name: str):
+    """The kernel behind Triton's autotuner on a GPU (its runs reset the barrier counters), plain in the
+    interpreter."""
+    if _interpreting():
+        block_k, block_n, warps = CELL_CONFIGS[0]
+        return lambda grid, **kw: kernel[grid](BLOCK_K=block_k, BLOCK_N=block_n, num_warps=warps, **kw)
+    if name not in _TUNED:
+        configs = [triton.Config({"BLOCK_K": k, "BLOCK_N": n}, num_warps=w) for k, n, w in CELL_CONFIGS]
+        _TUNED[name] = triton.autotune(configs=configs, key=["B", "HID", "N", "D", "PRECISION"],
+                                       reset_to_zero=["sync_ptr"])(kernel)
+    tuned = _TUNED[name]
+    return lambda grid, **kw: tuned[grid](**kw)
+
+
+def forward_core(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, relu: bool, precision: str = "ieee"):
     """Same contract as ``core_torch.forward_core``; every tensor float32 and contiguous on one device."""
     time, batch, D = ux.shape
     hidden, N = W_h.shape[0], A_T.shape[0]
@@ -173,16 +232,19 @@ def forward_core(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, relu: bool, precis
     M_ext = ux.new_empty(time + 1, batch, N)
     U = torch.empty_like(ux)
     H_ext[0], M_ext[0] = h0, m0
-    grid = (triton.cdiv(batch, block_b),)
-    _lmu_cell_forward_kernel[grid](
-        ux, xh, A_T, Bm, _dummy(ux) if E_h is None else E_h, _dummy(ux) if E_m is None else E_m, W_m, W_h,
-        H_ext, M_ext, U, time, batch, hidden, N, D, **_blocks(D, block_b, block_k, block_n),
-        HAS_EH=E_h is not None, HAS_EM=E_m is not None, RELU=relu, PRECISION=precision, num_warps=num_warps)
+    groups = triton.cdiv(batch, BLOCK_B)
+    counters = torch.zeros(groups, dtype=torch.int32, device=ux.device)
+    grid = lambda meta: (_group_size(batch, max(N, hidden), meta["BLOCK_N"], ux.device), groups)  # noqa: E731
+    _launcher(_lmu_cell_forward_kernel, "forward")(
+        grid, ux_ptr=ux, xh_ptr=xh, AT_ptr=A_T, Bm_ptr=Bm, Eh_ptr=_dummy(ux) if E_h is None else E_h,
+        Em_ptr=_dummy(ux) if E_m is None else E_m, Wm_ptr=W_m, Wh_ptr=W_h, H_ptr=H_ext, M_ptr=M_ext, U_ptr=U,
+        sync_ptr=counters, T=time, B=batch, HID=hidden, N=N, D=D, BLOCK_B=BLOCK_B,
+        BLOCK_D=max(16, triton.next_power_of_2(D)), HAS_EH=E_h is not None, HAS_EM=E_m is not None, RELU=relu,
+        PRECISION=precision)
     return H_ext, M_ext, U
 
 
-def backward_core(grad_h, grad_m, H_ext, A_T, Bm, E_h, E_m, W_m, W_h, relu: bool, precision: str = "ieee",
-                  block_b: int = 16, block_k: int = 32, block_n: int = 64, num_warps: int = 4):
+def backward_core(grad_h, grad_m, H_ext, A_T, Bm, E_h, E_m, W_m, W_h, relu: bool, precision: str = "ieee"):
     """Same contract as ``core_torch.backward_core``."""
     time, batch, hidden = grad_h.shape
     N, D = A_T.shape[0], Bm.shape[0]
@@ -190,14 +252,17 @@ def backward_core(grad_h, grad_m, H_ext, A_T, Bm, E_h, E_m, W_m, W_h, relu: bool
     DM = grad_h.new_empty(time + 1, batch, N)
     DU = grad_h.new_empty(time + 1, batch, D)
     DP[time], DM[time], DU[time] = 0, 0, 0  # nothing flows back from beyond the last step
-    grid = (triton.cdiv(batch, block_b),)
+    groups = triton.cdiv(batch, BLOCK_B)
+    counters = torch.zeros(groups, dtype=torch.int32, device=grad_h.device)
+    grid = lambda meta: (_group_size(batch, max(N, hidden), meta["BLOCK_N"], grad_h.device), groups)  # noqa: E731
     c = lambda x: x.t().contiguous()  # noqa: E731 - the kernels read every matrix row-major
-    _lmu_cell_backward_kernel[grid](
-        grad_h, _dummy(grad_h) if grad_m is None else grad_m, H_ext, c(A_T), c(Bm),
-        _dummy(grad_h) if E_h is None else c(E_h), _dummy(grad_h) if E_m is None else c(E_m), c(W_m), c(W_h),
-        DP, DM, DU, time, batch, hidden, N, D, **_blocks(D, block_b, block_k, block_n),
-        HAS_EH=E_h is not None, HAS_EM=E_m is not None, HAS_GM=grad_m is not None, RELU=relu,
-        PRECISION=precision, num_warps=num_warps)
+    _launcher(_lmu_cell_backward_kernel, "backward")(
+        grid, gh_ptr=grad_h, gm_ptr=_dummy(grad_h) if grad_m is None else grad_m, H_ptr=H_ext, A_ptr=c(A_T),
+        BmT_ptr=c(Bm), EhT_ptr=_dummy(grad_h) if E_h is None else c(E_h),
+        EmT_ptr=_dummy(grad_h) if E_m is None else c(E_m), WmT_ptr=c(W_m), WhT_ptr=c(W_h), DP_ptr=DP, DM_ptr=DM,
+        DU_ptr=DU, sync_ptr=counters, T=time, B=batch, HID=hidden, N=N, D=D, BLOCK_B=BLOCK_B,
+        BLOCK_D=max(16, triton.next_power_of_2(D)), HAS_EH=E_h is not None, HAS_EM=E_m is not None,
+        HAS_GM=grad_m is not None, RELU=relu, PRECISION=precision)
     DP, DM, DU = DP[:time], DM[:time], DU[:time]
     # What flows into the initial state, as the torch core's carries.
     grad_h0 = DP[0] @ W_h.t()

@@ -21,6 +21,22 @@ def use_triton_memory(u: torch.Tensor, A_bar: torch.Tensor) -> bool:
             and u.shape[1] <= TOEPLITZ_MAX_TIME and importlib.util.find_spec("triton") is not None)
 
 
+def _outside_autocast(fn):
+    """Run a convolution outside autocast, on float32 operands: cuFFT takes half precision only for powers of
+    two and no bfloat16 at all, the Triton kernels take float32, and a long convolution in bfloat16 would lose
+    the memory's precision anyway. Outputs are float32 then (autocast's ops accept them)."""
+    def wrapped(*args, **kwargs):
+        device_type = next(a for a in args if torch.is_tensor(a)).device.type
+        if not torch.is_autocast_enabled(device_type):
+            return fn(*args, **kwargs)
+        widen = lambda a: a.float() if torch.is_tensor(a) and a.dtype in (torch.float16, torch.bfloat16) else a  # noqa: E731
+        with torch.autocast(device_type, enabled=False):
+            return fn(*(widen(a) for a in args), **kwargs)
+    wrapped.__doc__, wrapped.__name__ = fn.__doc__, fn.__name__
+    return wrapped
+
+
+@_outside_autocast
 def memory_all_steps(u, A_bar, B_bar, m0, H, precision: str = "ieee") -> torch.Tensor:
     """m for every step, ``(batch, time, D, n)``; arguments as ``linear_memory_fft`` (H may be None)."""
     if use_triton_memory(u, A_bar):
@@ -29,6 +45,7 @@ def memory_all_steps(u, A_bar, B_bar, m0, H, precision: str = "ieee") -> torch.T
     return linear_memory_fft(u, A_bar, B_bar, m0, impulse=H)
 
 
+@_outside_autocast
 def causal_projection(u, A_bar, B_bar, weight, m0, H, precision: str = "ieee") -> torch.Tensor:
     """W m_t for every step without forming m, ``(batch, time, G)``; arguments as ``projected_memory_fft``.
 

@@ -58,6 +58,32 @@ def _toeplitz_forward_kernel(u_ptr, k_ptr, out_ptr, R, T, C, D,
 
 
 @triton.jit
+def _toeplitz_forward_rows_kernel(u_ptr, k_ptr, out_ptr, R, T, C, D,
+                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                                  PRECISION: tl.constexpr):
+    """The same product with the roles swapped: rows (sequence, step), inner index the lag s, so the impulse
+    response is a plain row-major operand K[s, c] and only u is read along skewed indices u[b, t - s, d]."""
+    pid_t = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    r = tl.program_id(2)  # one (sequence, dimension) row of u per program
+    t = pid_t * BLOCK_M + tl.arange(0, BLOCK_M)
+    c = pid_c * BLOCK_N + tl.arange(0, BLOCK_N)
+    u_row = (r // D) * (T * D) + r % D
+    t_ok = t < T
+    c_ok = c < C
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    s_end = tl.minimum((pid_t + 1) * BLOCK_M, T)  # causal: lags beyond the tile's last step reach before t = 0
+    for s0 in range(0, s_end, BLOCK_K):
+        s = s0 + tl.arange(0, BLOCK_K)
+        source = t[:, None] - s[None, :]
+        a = tl.load(u_ptr + u_row + source * D, mask=(source >= 0) & t_ok[:, None], other=0.0)
+        b = tl.load(k_ptr + s[:, None] * C + c[None, :], mask=(s < T)[:, None] & c_ok[None, :], other=0.0)
+        acc += tl.dot(a, b, input_precision=PRECISION)
+    out_row = (r // D) * (T * D * C) + (r % D) * C
+    tl.store(out_ptr + out_row + t[:, None] * (D * C) + c[None, :], acc, mask=t_ok[:, None] & c_ok[None, :])
+
+
+@triton.jit
 def _toeplitz_grad_u_kernel(g_ptr, k_ptr, out_ptr, R, T, C, D, T_PER_SPLIT,
                             BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_T: tl.constexpr,
                             BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
@@ -89,6 +115,27 @@ def _toeplitz_grad_u_kernel(g_ptr, k_ptr, out_ptr, R, T, C, D, T_PER_SPLIT,
 
 
 _FORWARD_BLOCKS = dict(BLOCK_M=64, BLOCK_T=4, BLOCK_C=32, BLOCK_K=32)
+# Tiles of the "rows" forward tried by the autotuner on a GPU: BLOCK_M, BLOCK_N, BLOCK_K, warps, stages.
+ROWS_CONFIGS = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (128, 256, 32, 8, 3),
+                (64, 64, 64, 4, 3), (128, 128, 64, 8, 2)]
+_TUNED: dict = {}
+
+
+def _rows_launcher():
+    """The "rows" forward behind Triton's autotuner on a GPU; the first tile in the interpreter."""
+    import os
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        m, n, k, warps, stages = ROWS_CONFIGS[0]
+        return lambda grid, **kw: _toeplitz_forward_rows_kernel[grid](BLOCK_M=m, BLOCK_N=n, BLOCK_K=k,
+                                                                      num_warps=warps, num_stages=stages, **kw)
+    if "rows" not in _TUNED:
+        configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
+                   for m, n, k, w, st in ROWS_CONFIGS]
+        _TUNED["rows"] = triton.autotune(configs=configs, key=["R", "T", "C", "D", "PRECISION"])(
+            _toeplitz_forward_rows_kernel)
+    tuned = _TUNED["rows"]
+    return lambda grid, **kw: tuned[grid](**kw)
+FORWARD_KERNELS = ("rows", "columns")
 _GRAD_BLOCKS = dict(BLOCK_M=64, BLOCK_J=64, BLOCK_T=2, BLOCK_C=32)
 
 
@@ -104,15 +151,21 @@ def _grad_kernel_fft(grad: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 class _CausalToeplitz(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, kernel, precision):
+    def forward(ctx, u, kernel, precision, forward_kernel):
         batch, time, D = u.shape
         C = kernel.shape[1]
         u, kernel = u.contiguous(), kernel.contiguous()
         out = u.new_empty(batch, time, D, C)
-        blocks = _FORWARD_BLOCKS
-        grid = (triton.cdiv(batch * D, blocks["BLOCK_M"]),
-                triton.cdiv(time, blocks["BLOCK_T"]) * triton.cdiv(C, blocks["BLOCK_C"]))
-        _toeplitz_forward_kernel[grid](u, kernel, out, batch * D, time, C, D, **blocks, PRECISION=precision)
+        if forward_kernel == "rows":
+            grid = lambda meta: (triton.cdiv(time, meta["BLOCK_M"]), triton.cdiv(C, meta["BLOCK_N"]),  # noqa: E731
+                                 batch * D)
+            _rows_launcher()(grid, u_ptr=u, k_ptr=kernel, out_ptr=out, R=batch * D, T=time, C=C, D=D,
+                             PRECISION=precision)
+        else:
+            blocks = _FORWARD_BLOCKS
+            grid = (triton.cdiv(batch * D, blocks["BLOCK_M"]),
+                    triton.cdiv(time, blocks["BLOCK_T"]) * triton.cdiv(C, blocks["BLOCK_C"]))
+            _toeplitz_forward_kernel[grid](u, kernel, out, batch * D, time, C, D, **blocks, PRECISION=precision)
         ctx.save_for_backward(u, kernel)
         ctx.precision = precision
         return out
@@ -141,33 +194,38 @@ class _CausalToeplitz(torch.autograd.Function):
             grad_u = partial.sum(0).view(batch, D, time).transpose(1, 2)
         if ctx.needs_input_grad[1]:
             grad_kernel = _grad_kernel_fft(grad, u)
-        return grad_u, grad_kernel, None
+        return grad_u, grad_kernel, None, None
 
 
-def causal_toeplitz(u: torch.Tensor, kernel: torch.Tensor, precision: str = "ieee") -> torch.Tensor:
+def causal_toeplitz(u: torch.Tensor, kernel: torch.Tensor, precision: str = "ieee",
+                    forward_kernel: str = "rows") -> torch.Tensor:
     """out[b, t, d, c] = sum_{j <= t} u[b, j, d] kernel[t - j, c].
 
     Args:
         u: ``(batch, time, D)`` float32; kernel: ``(time, C)`` float32, on the same device (CUDA, or any under
             ``TRITON_INTERPRET=1``).
         precision: "ieee", "tf32x3" or "tf32".
+        forward_kernel: "rows" (rows are (sequence, step); the default) or "columns" (rows are sequences,
+            columns (step, channel)): two tilings of the same product.
 
     Returns:
         ``(batch, time, D, C)``.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if forward_kernel not in FORWARD_KERNELS:
+        raise ValueError(f"forward_kernel must be one of {FORWARD_KERNELS}, got {forward_kernel!r}")
     if u.ndim != 3 or kernel.ndim != 2 or kernel.shape[0] != u.shape[1]:
         raise ValueError(f"u must be (batch, time, D) and kernel (time, C) with the same time; got u "
                          f"{tuple(u.shape)}, kernel {tuple(kernel.shape)}")
     if u.dtype != torch.float32 or kernel.dtype != torch.float32:
         raise ValueError(f"the Toeplitz kernel computes in float32; got u {u.dtype}, kernel {kernel.dtype}")
-    return _CausalToeplitz.apply(u, kernel, precision)
+    return _CausalToeplitz.apply(u, kernel, precision, forward_kernel)
 
 
 def linear_memory_toeplitz(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor,
                            m0: torch.Tensor | None = None, *, impulse: torch.Tensor | None = None,
-                           precision: str = "ieee") -> torch.Tensor:
+                           precision: str = "ieee", forward_kernel: str = "rows") -> torch.Tensor:
     """The memory of every step as one Triton Toeplitz product. Shapes as in the package docstring; A_bar
     must be shared (k = 1): per-dimension thetas have one impulse response each (use ``linear_memory_fft``)."""
     if A_bar.shape[0] != 1:
@@ -175,7 +233,7 @@ def linear_memory_toeplitz(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Te
                          f"{A_bar.shape[0]}; use linear_memory_fft for per-dimension theta")
     time = u.shape[1]
     H = impulse_response(A_bar, B_bar, time) if impulse is None else impulse  # (1, T, n)
-    m = causal_toeplitz(u, H[0], precision)
+    m = causal_toeplitz(u, H[0], precision, forward_kernel)
     if m0 is not None:
         m = m + zero_input_response(A_bar, m0, time)
     return m
