@@ -112,6 +112,9 @@ def check_lmu_projected(time=784, batch=100, n=256, hidden=212):
 if __name__ == "__main__":
     if not torch.cuda.is_available():
         sys.exit("needs CUDA")
+    from contime.ops.lmu_cell import core_triton
+    print(json.dumps({"programs_per_group": {n: core_triton._group_size(100, 256, n, torch.device("cuda"))
+                                             for n in (32, 64, 128)}}), flush=True)
     for check in (check_cell, check_toeplitz, check_lmu_projected, check_lmu_fused_mode):
         try:
             check()

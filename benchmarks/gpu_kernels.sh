@@ -21,9 +21,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PYTHON" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 step() { [[ ",$STEPS," == *",$1,"* ]]; }
 
-step check && { echo "== check"; timeout 120 "$PYTHON" benchmarks/gpu_kernel_check.py | tee "$RESULTS/check.jsonl"; }
-step bench && { echo "== bench"; timeout 240 "$PYTHON" -c "from contime.cli import app; app()" bench --device cuda --precision --out "$RESULTS/bench.jsonl" ${BENCH_ARGS:-} \
+step check && { echo "== check"; timeout 150 "$PYTHON" benchmarks/gpu_kernel_check.py | tee "$RESULTS/check.jsonl"; }
+step tune && { echo "== tune"; timeout 150 "$PYTHON" benchmarks/gpu_kernel_tune.py | tee "$RESULTS/tune.jsonl"; }
+step bench && { echo "== bench"; timeout 220 "$PYTHON" -c "from contime.cli import app; app()" bench --device cuda --precision --out "$RESULTS/bench.jsonl" ${BENCH_ARGS:-} \
     | tee "$RESULTS/bench.txt"; }
 step long && { echo "== long"; timeout 100 "$PYTHON" benchmarks/long_sequences.py --device cuda --out "$RESULTS/long.jsonl"; }
-step tune && { echo "== tune"; timeout 90 "$PYTHON" benchmarks/gpu_kernel_tune.py | tee "$RESULTS/tune.jsonl"; }
 echo "== done"
