@@ -21,7 +21,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PYTHON" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 step() { [[ ",$STEPS," == *",$1,"* ]]; }
 
-step check && { echo "== check"; timeout 150 "$PYTHON" benchmarks/gpu_kernel_check.py | tee "$RESULTS/check.jsonl"; }
+if step check; then
+    echo "== check"
+    timeout 100 "$PYTHON" benchmarks/gpu_kernel_check.py | tee "$RESULTS/check.jsonl"
+    # A kernel that hangs (a barrier never released) would hang every later step too.
+    [ "${PIPESTATUS[0]}" = 124 ] && { echo "check timed out: stopping"; exit 4; }
+fi
 step tune && { echo "== tune"; timeout 150 "$PYTHON" benchmarks/gpu_kernel_tune.py | tee "$RESULTS/tune.jsonl"; }
 step bench && { echo "== bench"; timeout 220 "$PYTHON" -c "from contime.cli import app; app()" bench --device cuda --precision --out "$RESULTS/bench.jsonl" ${BENCH_ARGS:-} \
     | tee "$RESULTS/bench.txt"; }
