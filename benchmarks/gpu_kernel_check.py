@@ -115,7 +115,8 @@ if __name__ == "__main__":
     from contime.ops.lmu_cell import core_triton
     print(json.dumps({"programs_per_group": {n: core_triton._group_size(100, 256, n, torch.device("cuda"))
                                              for n in (32, 64, 128)}}), flush=True)
-    for check in (check_cell, check_toeplitz, check_lmu_projected, check_lmu_fused_mode):
+    checks = {f.__name__: f for f in (check_cell, check_toeplitz, check_lmu_projected, check_lmu_fused_mode)}
+    for check in [checks[name] for name in sys.argv[1:]] or checks.values():
         try:
             check()
         except Exception as error:  # report and go on: one broken check must not hide the others

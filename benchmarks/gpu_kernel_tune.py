@@ -32,14 +32,15 @@ def tune_cell():
     A_T, Bm = A[0].t().contiguous().float().cuda(), Bv.float().cuda()
     E_h, E_m, W_m, W_h, m0, h0 = r(H, 1), None, r(n, H), r(H, H), r(B, n), r(B, H)
     gh = r(T, B, H)
-    for precision in ("ieee", "tf32x3", "tf32"):
-        fwd = do_bench(lambda: core_triton.forward_core(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, False, precision),
+    for style, precision in (("resident", "ieee"), ("resident", "tf32x3"), ("chunked", "ieee")):
+        kw = dict(precision=precision, style=style)
+        fwd = do_bench(lambda: core_triton.forward_core(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, False, **kw),
                        warmup=50, rep=300)
-        H_ext, _, _ = core_triton.forward_core(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, False, precision)
-        bwd = do_bench(lambda: core_triton.backward_core(gh, None, H_ext, A_T, Bm, E_h, E_m, W_m, W_h, False,
-                                                         precision), warmup=50, rep=300)
-        print(json.dumps({"kernel": "lmu-cell", "precision": precision, "forward_ms": fwd, "backward_ms": bwd,
-                          "forward_tiles": timings_of(core_triton._TUNED["forward"]),
+        H_ext, _, _ = core_triton.forward_core(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, False, **kw)
+        bwd = do_bench(lambda: core_triton.backward_core(gh, None, H_ext, A_T, Bm, E_h, E_m, W_m, W_h, False, **kw),
+                       warmup=50, rep=300)
+        print(json.dumps({"kernel": "lmu-cell", "style": style, "precision": precision, "forward_ms": fwd,
+                          "backward_ms": bwd, "forward_tiles": timings_of(core_triton._TUNED["forward"]),
                           "backward_tiles": timings_of(core_triton._TUNED["backward"])}), flush=True)
 
 
@@ -56,5 +57,9 @@ def tune_toeplitz():
 
 
 if __name__ == "__main__":
-    tune_cell()
-    tune_toeplitz()
+    import sys
+    parts = sys.argv[1:] or ["cell", "toeplitz"]
+    if "cell" in parts:
+        tune_cell()
+    if "toeplitz" in parts:
+        tune_toeplitz()

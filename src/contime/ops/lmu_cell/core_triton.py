@@ -181,10 +181,120 @@ def _lmu_cell_backward_kernel(
         du_later = du
 
 
+@triton.jit
+def _lmu_cell_forward_resident_kernel(
+        ux_ptr, xh_ptr, AT_ptr, Bm_ptr, Eh_ptr, Em_ptr, Wm_ptr, Wh_ptr, H_ptr, M_ptr, U_ptr, sync_ptr,
+        T, B, HID, N, D,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr, HP: tl.constexpr,
+        HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr):
+    """The forward with each member's weight columns held on chip for the whole sequence: member k owns the
+    k-th chunk of BLOCK_N columns of m and of h (the group has cdiv(max(N, H), BLOCK_N) members), so a step
+    is three state loads, five products and two barriers. NP, HP: N and H rounded up to powers of two."""
+    member = tl.program_id(0)
+    group = tl.program_id(1)
+    SPLIT = tl.num_programs(0)
+    counter = sync_ptr + group
+    rb = group * BLOCK_B + tl.arange(0, BLOCK_B)
+    rd = tl.arange(0, BLOCK_D)
+    rn_all = tl.arange(0, NP)
+    rh_all = tl.arange(0, HP)
+    cols = member * BLOCK_N + tl.arange(0, BLOCK_N)
+    A_cols = _tile(AT_ptr, rn_all, cols, N, N, N)  # (NP, BLOCK_N)
+    B_cols = _tile(Bm_ptr, rd, cols, D, N, N)  # (BLOCK_D, BLOCK_N)
+    Wm_cols = _tile(Wm_ptr, rn_all, cols, N, HID, HID)  # (NP, BLOCK_N)
+    Wh_cols = _tile(Wh_ptr, rh_all, cols, HID, HID, HID)  # (HP, BLOCK_N)
+    if HAS_EH:
+        Eh = _tile(Eh_ptr, rh_all, rd, HID, D, D)  # (HP, BLOCK_D)
+    if HAS_EM:
+        Em = _tile(Em_ptr, rn_all, rd, N, D, D)  # (NP, BLOCK_D)
+    for t in range(T):
+        h_prev = _state(H_ptr + t * B * HID, rb, rh_all, B, HID, HID)  # (BLOCK_B, HP)
+        m_prev = _state(M_ptr + t * B * N, rb, rn_all, B, N, N)  # (BLOCK_B, NP)
+        u = _tile(ux_ptr + t * B * D, rb, rd, B, D, D)
+        if HAS_EH:
+            u += tl.dot(h_prev, Eh, input_precision=PRECISION)
+        if HAS_EM:
+            u += tl.dot(m_prev, Em, input_precision=PRECISION)
+        if member == 0:
+            _put(U_ptr + t * B * D, u, rb, rd, B, D, D)
+        m = tl.dot(m_prev, A_cols, input_precision=PRECISION) + tl.dot(u, B_cols, input_precision=PRECISION)
+        _put(M_ptr + (t + 1) * B * N, m, rb, cols, B, N, N)
+        pre = _tile(xh_ptr + t * B * HID, rb, cols, B, HID, HID) + tl.dot(h_prev, Wh_cols, input_precision=PRECISION)
+        _group_barrier(counter, (2 * t + 1) * SPLIT)  # all of m_t written
+        m_new = _state(M_ptr + (t + 1) * B * N, rb, rn_all, B, N, N)
+        pre += tl.dot(m_new, Wm_cols, input_precision=PRECISION)
+        if RELU:
+            h = tl.maximum(pre, 0.0)
+        else:
+            h = 2.0 * tl.sigmoid(2.0 * pre) - 1.0  # tanh
+        _put(H_ptr + (t + 1) * B * HID, h, rb, cols, B, HID, HID)
+        _group_barrier(counter, (2 * t + 2) * SPLIT)  # all of h_t written
+
+
+@triton.jit
+def _lmu_cell_backward_resident_kernel(
+        gh_ptr, gm_ptr, H_ptr, A_ptr, BmT_ptr, EhT_ptr, EmT_ptr, WmT_ptr, WhT_ptr, DP_ptr, DM_ptr, DU_ptr, sync_ptr,
+        T, B, HID, N, D,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr, HP: tl.constexpr,
+        HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, HAS_GM: tl.constexpr, RELU: tl.constexpr,
+        PRECISION: tl.constexpr):
+    """The backward counterpart of ``_lmu_cell_forward_resident_kernel``."""
+    member = tl.program_id(0)
+    group = tl.program_id(1)
+    SPLIT = tl.num_programs(0)
+    counter = sync_ptr + group
+    rb = group * BLOCK_B + tl.arange(0, BLOCK_B)
+    rd = tl.arange(0, BLOCK_D)
+    rn_all = tl.arange(0, NP)
+    rh_all = tl.arange(0, HP)
+    cols = member * BLOCK_N + tl.arange(0, BLOCK_N)
+    WhT_cols = _tile(WhT_ptr, rh_all, cols, HID, HID, HID)  # (HP, BLOCK_N)
+    A_cols = _tile(A_ptr, rn_all, cols, N, N, N)  # (NP, BLOCK_N)
+    WmT_cols = _tile(WmT_ptr, rh_all, cols, HID, N, N)  # (HP, BLOCK_N)
+    BmT = _tile(BmT_ptr, rn_all, rd, N, D, D)  # (NP, BLOCK_D)
+    if HAS_EH:
+        EhT_cols = _tile(EhT_ptr, rd, cols, D, HID, HID)  # (BLOCK_D, BLOCK_N)
+    if HAS_EM:
+        EmT_cols = _tile(EmT_ptr, rd, cols, D, N, N)
+    du_later = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)
+    for step in range(T):
+        t = T - 1 - step
+        dp_next = _state(DP_ptr + (t + 1) * B * HID, rb, rh_all, B, HID, HID)
+        dm_next = _state(DM_ptr + (t + 1) * B * N, rb, rn_all, B, N, N)
+        dp = _tile(gh_ptr + t * B * HID, rb, cols, B, HID, HID) + tl.dot(dp_next, WhT_cols, input_precision=PRECISION)
+        if HAS_EH:
+            dp += tl.dot(du_later, EhT_cols, input_precision=PRECISION)
+        h = _tile(H_ptr + (t + 1) * B * HID, rb, cols, B, HID, HID)
+        if RELU:
+            dp = tl.where(h > 0, dp, 0.0)
+        else:
+            dp = dp * (1.0 - h * h)
+        _put(DP_ptr + t * B * HID, dp, rb, cols, B, HID, HID)
+        dm = tl.dot(dm_next, A_cols, input_precision=PRECISION)
+        if HAS_GM:
+            dm += _tile(gm_ptr + t * B * N, rb, cols, B, N, N)
+        if HAS_EM:
+            dm += tl.dot(du_later, EmT_cols, input_precision=PRECISION)
+        _group_barrier(counter, (2 * step + 1) * SPLIT)  # all of dp_t written
+        dp_now = _state(DP_ptr + t * B * HID, rb, rh_all, B, HID, HID)
+        dm += tl.dot(dp_now, WmT_cols, input_precision=PRECISION)
+        _put(DM_ptr + t * B * N, dm, rb, cols, B, N, N)
+        _group_barrier(counter, (2 * step + 2) * SPLIT)  # all of dm_t written
+        dm_now = _state(DM_ptr + t * B * N, rb, rn_all, B, N, N)
+        du = tl.dot(dm_now, BmT, input_precision=PRECISION)
+        if member == 0:
+            _put(DU_ptr + t * B * D, du, rb, rd, B, D, D)
+        du_later = du
+
+
 # Tile shapes tried by the autotuner on a GPU (per batch, hidden, memory and input size); the interpreter
 # takes the first.
-CELL_CONFIGS = [(32, 64, 4), (64, 64, 4), (32, 32, 4), (64, 128, 8), (32, 64, 8), (64, 32, 4)]  # BLOCK_K, BLOCK_N, warps
+CELL_CONFIGS = [(32, 32, 4), (64, 32, 4), (32, 16, 4), (32, 64, 4)]  # BLOCK_K, BLOCK_N, warps (chunked kernels)
+RESIDENT_CONFIGS = [(16, 4), (32, 4), (32, 8), (64, 8)]  # BLOCK_N, warps (resident kernels)
+RESIDENT_MAX_WIDTH = 256  # N and H (rounded up to powers of two) up to which the weights stay on chip
 BLOCK_B = 16  # the smallest row count of a tensor-core product
+STYLES = ("auto", "resident", "chunked")
+DEFAULT_STYLE = "auto"
 
 
 def _interpreting() -> bool:
@@ -210,33 +320,67 @@ def _group_size(batch: int, columns: int, block_n: int, device: torch.device) ->
 _TUNED: dict = {}
 
 
-def _launcher(kernel, name: str):
-    """The kernel behind Triton's autotuner on a GPU (its runs reset the barrier counters), plain in the
-    interpreter."""
+def _resident_widths(batch: int, N: int, hidden: int, device: torch.device) -> list[int]:
+    """The BLOCK_N of the resident kernels that fit: weights of at most RESIDENT_MAX_WIDTH rows, and a grid of
+    groups * cdiv(max(N, H), BLOCK_N) programs that the SMs hold at once. In the interpreter (programs run one
+    after another) only one member per group: BLOCK_N covers the widest state."""
+    NP, HP = triton.next_power_of_2(N), triton.next_power_of_2(hidden)
+    if max(NP, HP) > RESIDENT_MAX_WIDTH:
+        return []
+    if _interpreting() or device.type != "cuda":
+        return [max(NP, HP)]
+    groups = triton.cdiv(batch, BLOCK_B)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return [n for n, _ in RESIDENT_CONFIGS if groups * triton.cdiv(max(N, hidden), n) <= sms]
+
+
+def _launch(chunked_kernel, resident_kernel, name: str, style: str, sizes: tuple, device: torch.device,
+            **kwargs):
+    """``sizes`` = (batch, N, H). Launch the resident kernel where it fits (``style`` "auto" or "resident"), else the chunked one; behind
+    Triton's autotuner on a GPU (its trial runs reset the barrier counters), plain in the interpreter."""
+    batch, N, hidden = sizes
+    style = style or DEFAULT_STYLE
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    groups = triton.cdiv(batch, BLOCK_B)
+    widths = _resident_widths(batch, N, hidden, device) if style != "chunked" else []
+    if style == "resident" and not widths:
+        raise ValueError(f"the resident kernels need N and H <= {RESIDENT_MAX_WIDTH} and a grid the SMs hold; "
+                         f"got N={N}, H={hidden}, batch={batch}")
+    if widths:
+        kernel, extra = resident_kernel, {"NP": triton.next_power_of_2(N), "HP": triton.next_power_of_2(hidden)}
+        configs = [({"BLOCK_N": n}, w) for n, w in RESIDENT_CONFIGS if n in widths] or [({"BLOCK_N": widths[0]}, 4)]
+        grid = lambda meta: (triton.cdiv(max(N, hidden), meta["BLOCK_N"]), groups)  # noqa: E731
+    else:
+        kernel, extra = chunked_kernel, {}
+        configs = [({"BLOCK_K": k, "BLOCK_N": n}, w) for k, n, w in CELL_CONFIGS]
+        grid = lambda meta: (_group_size(batch, max(N, hidden), meta["BLOCK_N"], device), groups)  # noqa: E731
     if _interpreting():
-        block_k, block_n, warps = CELL_CONFIGS[0]
-        return lambda grid, **kw: kernel[grid](BLOCK_K=block_k, BLOCK_N=block_n, num_warps=warps, **kw)
-    if name not in _TUNED:
-        configs = [triton.Config({"BLOCK_K": k, "BLOCK_N": n}, num_warps=w) for k, n, w in CELL_CONFIGS]
-        _TUNED[name] = triton.autotune(configs=configs, key=["B", "HID", "N", "D", "PRECISION"],
-                                       reset_to_zero=["sync_ptr"])(kernel)
-    tuned = _TUNED[name]
-    return lambda grid, **kw: tuned[grid](**kw)
+        meta, warps = configs[0]
+        kernel[grid(meta)](**kwargs, **extra, **meta, num_warps=warps)
+        return
+    key = (name, kernel.__name__, tuple(sorted(str(c) for c in configs)))
+    if key not in _TUNED:
+        _TUNED[key] = triton.autotune(configs=[triton.Config(meta, num_warps=w) for meta, w in configs],
+                                      key=["B", "HID", "N", "D", "PRECISION"], reset_to_zero=["sync_ptr"])(kernel)
+    _TUNED[name] = _TUNED[key]  # the last one used, for gpu_kernel_tune.py
+    _TUNED[key][grid](**kwargs, **extra)
 
 
-def forward_core(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, relu: bool, precision: str = "ieee"):
-    """Same contract as ``core_torch.forward_core``; every tensor float32 and contiguous on one device."""
+def forward_core(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, relu: bool, precision: str = "ieee",
+                 style: str | None = None):
+    """Same contract as ``core_torch.forward_core``; every tensor float32 and contiguous on one device.
+    ``style``: "resident" (weights on chip; where they fit), "chunked", or "auto" (resident where it fits);
+    None: ``DEFAULT_STYLE``."""
     time, batch, D = ux.shape
     hidden, N = W_h.shape[0], A_T.shape[0]
     H_ext = ux.new_empty(time + 1, batch, hidden)
     M_ext = ux.new_empty(time + 1, batch, N)
     U = torch.empty_like(ux)
     H_ext[0], M_ext[0] = h0, m0
-    groups = triton.cdiv(batch, BLOCK_B)
-    counters = torch.zeros(groups, dtype=torch.int32, device=ux.device)
-    grid = lambda meta: (_group_size(batch, max(N, hidden), meta["BLOCK_N"], ux.device), groups)  # noqa: E731
-    _launcher(_lmu_cell_forward_kernel, "forward")(
-        grid, ux_ptr=ux, xh_ptr=xh, AT_ptr=A_T, Bm_ptr=Bm, Eh_ptr=_dummy(ux) if E_h is None else E_h,
+    counters = torch.zeros(triton.cdiv(batch, BLOCK_B), dtype=torch.int32, device=ux.device)
+    _launch(_lmu_cell_forward_kernel, _lmu_cell_forward_resident_kernel, "forward", style, (batch, N, hidden),
+            ux.device, ux_ptr=ux, xh_ptr=xh, AT_ptr=A_T, Bm_ptr=Bm, Eh_ptr=_dummy(ux) if E_h is None else E_h,
         Em_ptr=_dummy(ux) if E_m is None else E_m, Wm_ptr=W_m, Wh_ptr=W_h, H_ptr=H_ext, M_ptr=M_ext, U_ptr=U,
         sync_ptr=counters, T=time, B=batch, HID=hidden, N=N, D=D, BLOCK_B=BLOCK_B,
         BLOCK_D=max(16, triton.next_power_of_2(D)), HAS_EH=E_h is not None, HAS_EM=E_m is not None, RELU=relu,
@@ -244,20 +388,19 @@ def forward_core(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, relu: bool, precis
     return H_ext, M_ext, U
 
 
-def backward_core(grad_h, grad_m, H_ext, A_T, Bm, E_h, E_m, W_m, W_h, relu: bool, precision: str = "ieee"):
-    """Same contract as ``core_torch.backward_core``."""
+def backward_core(grad_h, grad_m, H_ext, A_T, Bm, E_h, E_m, W_m, W_h, relu: bool, precision: str = "ieee",
+                  style: str | None = None):
+    """Same contract as ``core_torch.backward_core``; ``style`` as in ``forward_core``."""
     time, batch, hidden = grad_h.shape
     N, D = A_T.shape[0], Bm.shape[0]
     DP = grad_h.new_empty(time + 1, batch, hidden)
     DM = grad_h.new_empty(time + 1, batch, N)
     DU = grad_h.new_empty(time + 1, batch, D)
     DP[time], DM[time], DU[time] = 0, 0, 0  # nothing flows back from beyond the last step
-    groups = triton.cdiv(batch, BLOCK_B)
-    counters = torch.zeros(groups, dtype=torch.int32, device=grad_h.device)
-    grid = lambda meta: (_group_size(batch, max(N, hidden), meta["BLOCK_N"], grad_h.device), groups)  # noqa: E731
+    counters = torch.zeros(triton.cdiv(batch, BLOCK_B), dtype=torch.int32, device=grad_h.device)
     c = lambda x: x.t().contiguous()  # noqa: E731 - the kernels read every matrix row-major
-    _launcher(_lmu_cell_backward_kernel, "backward")(
-        grid, gh_ptr=grad_h, gm_ptr=_dummy(grad_h) if grad_m is None else grad_m, H_ptr=H_ext, A_ptr=c(A_T),
+    _launch(_lmu_cell_backward_kernel, _lmu_cell_backward_resident_kernel, "backward", style,
+            (batch, N, hidden), grad_h.device, gh_ptr=grad_h, gm_ptr=_dummy(grad_h) if grad_m is None else grad_m, H_ptr=H_ext, A_ptr=c(A_T),
         BmT_ptr=c(Bm), EhT_ptr=_dummy(grad_h) if E_h is None else c(E_h),
         EmT_ptr=_dummy(grad_h) if E_m is None else c(E_m), WmT_ptr=c(W_m), WhT_ptr=c(W_h), DP_ptr=DP, DM_ptr=DM,
         DU_ptr=DU, sync_ptr=counters, T=time, B=batch, HID=hidden, N=N, D=D, BLOCK_B=BLOCK_B,
