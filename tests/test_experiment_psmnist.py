@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from contime.cli import app
 from contime.data import FASHION_MNIST_DIR, make_permutation
 from contime.experiments import psmnist
+from contime.ops.lmu_cell import triton_available
 from contime.training import count_parameters
 
 MODELS = ["lmu", "plmu", "lstm", "lstm-plmu"]
@@ -163,7 +164,9 @@ def test_lmu_models_follow_the_papers():
     assert torch.equal(lmu.input_kernel, torch.ones(1, 1))  # e_x = 1
     w = lmu.hidden_cell.weight_hh.detach()
     assert torch.allclose(w @ w.T, torch.eye(212), atol=1e-5)  # orthogonal recurrent weights
-    assert lmu.resolve_mode("cuda") == "fft" and lmu.resolve_mode("cpu") == "recurrent"  # the faster on each
+    # The faster on each, as measured (contime bench): the fused kernel on CUDA, the loop on the CPU.
+    assert lmu.resolve_mode("cuda") == ("fused" if triton_available() else "fft")
+    assert lmu.resolve_mode("cpu") == "recurrent"
 
     plmu = psmnist.build_model("plmu").lmu
     assert (plmu.order, float(plmu.theta), plmu.output_size) == (468, 784.0, 346)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import contime
+from contime.ops.lmu_cell import triton_available
 from contime.hidden import hidden_of
 
 BATCH, TIME, INPUT = 3, 17, 2
@@ -287,8 +288,27 @@ def test_auto_picks_the_fastest_valid_mode():
     assert contime.LMU(1, 1, 4, 5.0).resolve_mode() == "fft"
     assert contime.LMU(1, 1, 4, 5.0, return_sequences=False).resolve_mode() == "final"
     with_rnn = contime.LMU(1, 1, 4, 5.0, nn.RNNCell(4, 3), return_sequences=False)
-    assert with_rnn.resolve_mode("cuda") == "fft"
+    assert with_rnn.resolve_mode("cuda") == ("fused" if triton_available() else "fft")
     assert with_rnn.resolve_mode("cpu") == "recurrent"  # measured faster on CPU for a recurrent hidden cell
     # The fused cell: one autograd node; on this CPU its torch twin ran 2.6x faster than the loop (Mackey-Glass).
     assert contime.LMU(1, 1, 4, 5.0, nn.RNNCell(4, 3), hidden_to_memory=True).resolve_mode() == "fused"
     assert contime.LMU(1, 1, 4, 5.0, nn.GRUCell(4, 3), hidden_to_memory=True).resolve_mode() == "recurrent"
+
+
+def test_fft_mode_folds_a_leading_linear_layer(monkeypatch):
+    """With a feedforward hidden part that starts with nn.Linear, "fft" never forms the memory of every step:
+    the layer's weight goes into the convolution. The fold is observable: no call builds that memory."""
+    import contime.lmu as lmu_module
+    calls = []
+    monkeypatch.setattr(lmu_module, "memory_all_steps", lambda *a, **k: calls.append(1))
+    for cell in (nn.Linear(2 * 6 + INPUT, 4), nn.Sequential(nn.Linear(2 * 6 + INPUT, 4), nn.Tanh(), nn.Linear(4, 3))):
+        lmu = contime.LMU(INPUT, 2, 6, 7.0, cell, input_to_hidden=True, trainable_theta=True).double()
+        x = torch.randn(BATCH, TIME, INPUT, dtype=torch.float64, requires_grad=True)
+        ref_y, ref_state, ref_grads = run_mode(lmu, "recurrent", x, None, None)
+        y, final, grads = run_mode(lmu, "fft", x, None, None)
+        torch.testing.assert_close(y, ref_y, atol=ATOL, rtol=0)
+        for a, b in zip(final, ref_state):
+            torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a, b, atol=1e-7, rtol=0)
+    assert not calls

@@ -44,6 +44,16 @@ from .ops.lmu_memory.final import FINAL_CHUNK
 MODES = ("auto", "recurrent", "fused", "fft", "conv", "final")
 
 
+def _leading_linear(cell):
+    """(linear, rest) when the hidden part is ``nn.Linear`` or an ``nn.Sequential`` that starts with one (rest:
+    the remaining modules, or None), else None."""
+    if type(cell) is nn.Linear:
+        return cell, None
+    if type(cell) is nn.Sequential and len(cell) > 0 and type(cell[0]) is nn.Linear:
+        return cell[0], (cell[1:] if len(cell) > 1 else None)
+    return None
+
+
 class LMUState(NamedTuple):
     """State carried between calls.
 
@@ -193,21 +203,32 @@ class LMU(nn.Module):
         return tuple(modes)
 
     def resolve_mode(self, device: torch.device | str | None = None) -> str:
-        """The mode a forward call on ``device`` will use (``mode="auto"``: the fastest valid one).
+        """The mode a forward call on ``device`` will use (``mode="auto"``: the fastest valid one, as measured).
 
-        "final" when valid; else "fft", except for a recurrent hidden cell on the CPU, where the plain loop is
-        faster: at the psMNIST shape (benchmarks/lmu_modes.py, training step) the loop took 0.77 s against
-        0.94 s for "fft" on our 2-core CPU, while on an H200 "fft" took 59 ms against 312 ms for the loop.
+        - "final" when valid (one product, no loop).
+        - "fused" for an ``nn.RNNCell`` on CUDA with Triton: at the psMNIST shape on an H100 (``contime
+          bench``), forward + backward took 21.7 ms against 78.6 ms for "fft" and 23.4 ms for cuDNN's LSTM;
+          with hidden_to_memory, 28.6 ms against 512 ms for the loop.
+        - On the CPU, "fused" (its torch twin) where the memory feeds back (hidden/memory to memory): 2.6x
+          faster than the loop at the Mackey-Glass shape; else the loop for a recurrent cell, which beat "fft"
+          at the psMNIST shape (0.77 s against 0.94 s per training step on our 2-core CPU).
+        - Otherwise "fft".
         """
         if self.mode != "auto":
             return self.mode
-        modes = self.valid_modes()
+        return self._auto_mode(device, allow_fused=True)
+
+    def _auto_mode(self, device, allow_fused: bool) -> str:
+        modes = [m for m in self.valid_modes() if allow_fused or m != "fused"]
         on_cpu = device is None or torch.device(device).type == "cpu"
-        if modes[-1] == "fft" and self.hidden_kind == "recurrent" and on_cpu:
-            return "recurrent"
-        if modes[-1] == "fused" and not on_cpu and not triton_available():
-            return "recurrent"
-        return modes[-1]
+        feedback = self.hidden_to_memory or self.memory_to_memory
+        if "final" in modes:
+            return "final"
+        if "fused" in modes and (on_cpu and feedback or not on_cpu and triton_available()):
+            return "fused"
+        if "fft" in modes and not (on_cpu and self.hidden_kind == "recurrent"):
+            return "fft"
+        return "recurrent"
 
     def _fused_unsupported(self, lengths) -> str | None:
         """Why the "fused" mode cannot run this call, or None: it has no padding masks and no per-sequence
@@ -423,6 +444,8 @@ class LMU(nn.Module):
             return h, LMUState(memory, h)
         if mode == "fft" and type(self.hidden_cell) in hidden_ops.TORCH_CELLS:
             return self._forward_fft_folded(x, u_x, state, A_bar, B_bar, H, m0, lengths)
+        if mode == "fft" and _leading_linear(self.hidden_cell) is not None:
+            return self._forward_fft_folded_linear(x, u_x, state, A_bar, B_bar, H, m0, lengths)
         if mode == "fft":
             memories = memory_all_steps(u_x, A_bar, B_bar, m0, H, self.kernel_precision)
         else:
@@ -464,6 +487,24 @@ class LMU(nn.Module):
         h, hidden = hidden_ops.torch_cell_sequence(cell, projected, state.hidden, lengths)
         final_memory = linear_memory_final(u_x, A_bar, B_bar, m0, lengths, impulse=H).reshape(batch, -1)
         return h, LMUState(final_memory, hidden)
+
+    def _forward_fft_folded_linear(self, x, u_x, state, A_bar, B_bar, H, m0, lengths):
+        """fft mode for a feedforward hidden part that starts with ``nn.Linear``: its weight is folded into the
+        convolution (W m_t = sum_s (W H_s) u_{t-s}), so the (batch, time, memory_d*order) memory is never
+        written; only the linear layer's outputs are, then the rest of the hidden part runs on them."""
+        batch = x.shape[0]
+        linear, rest = _leading_linear(self.hidden_cell)
+        memory_size = self.memory_d * self.order
+        weight_memory = linear.weight[:, :memory_size].reshape(-1, self.memory_d, self.order)
+        out = causal_projection(u_x, A_bar, B_bar, weight_memory, m0, H, self.kernel_precision)  # (B, T, G)
+        if self.input_to_hidden:
+            out = out + x @ linear.weight[:, memory_size:].t()
+        if linear.bias is not None:
+            out = out + linear.bias
+        h = out if rest is None else hidden_ops.apply_feedforward(rest, out)
+        last = (slice(None), -1) if lengths is None else (torch.arange(batch, device=x.device), lengths - 1)
+        final_memory = linear_memory_final(u_x, A_bar, B_bar, m0, lengths, impulse=H).reshape(batch, -1)
+        return h, LMUState(final_memory, h[last])
 
     def _forward_fused(self, x, u_x, state, A_bar, B_bar):
         """The "fused" mode: the whole cell as one autograd node (``contime.ops.lmu_cell``), time-major."""
@@ -556,7 +597,7 @@ class LMU(nn.Module):
             if self.mode == "fused":
                 raise ValueError(f"mode='fused' does not support {self._fused_unsupported(lengths)}; "
                                  f"use mode='recurrent' or 'auto'")
-            mode = "recurrent"
+            mode = self._auto_mode(x.device, allow_fused=False)
         if mode != "varying":  # uniform steps (of length time_scale): the LMU's own modes
             # "final" streams sequences longer than FINAL_CHUNK: H for one chunk only, not the whole length.
             length = None if mode == "recurrent" else min(time, FINAL_CHUNK) if mode == "final" else time
