@@ -62,15 +62,13 @@ def test_torch_backend_equals_the_loop_in_float64(config):
 @pytest.mark.parametrize("style", ["resident", "chunked"])
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_triton_kernels_equal_the_loop(config, style, monkeypatch):
-    """Through Triton's interpreter on the CPU (CUDA when present), both kernel styles. The shapes cut every
+    """Through Triton's interpreter on the CPU (see conftest.py), both kernel styles. The shapes cut every
     block partially: batch 20 over programs of 16, N = 40 and H = 70 over chunks of 16 to 64 and 128."""
     from contime.ops.lmu_cell import core_triton
     monkeypatch.setattr(core_triton, "DEFAULT_STYLE", style)
     config = dict(config)
     relu = config.pop("relu")
     args32 = make_arguments(time=5, batch=20, D=2, n=20, hidden=70, dtype=torch.float32, **config)
-    if torch.cuda.is_available():
-        args32 = [a if a is None else a.detach().cuda().requires_grad_() for a in args32]
     got = outputs_and_gradients(lambda *a, relu: lmu_cell_sequence(*a, relu=relu, backend="triton"), args32,
                                 relu)
     args64 = [a if a is None else a.detach().cpu().double().requires_grad_() for a in args32]
