@@ -20,7 +20,7 @@ def system(order, theta):
 
 
 def relative(a, b):
-    return float((a.double() - b.double()).norm() / b.double().norm())
+    return float((a.detach().double() - b.detach().double()).norm() / b.detach().double().norm())
 
 
 @pytest.mark.parametrize("forward_kernel", ["rows", "columns"])
