@@ -73,7 +73,7 @@ def test_dispatch_keeps_the_fft_off_cuda():
 
 def test_projection_through_the_toeplitz_kernel(monkeypatch):
     """The folded projection W m_t, computed as a Toeplitz product with W H_s, equals the FFT path."""
-    monkeypatch.setattr(dispatch, "use_triton_memory", lambda u, A_bar: True)
+    monkeypatch.setattr(dispatch, "use_triton_memory", lambda *args, **kwargs: True)
     A64, B64 = system(12, 20)
     A, B = A64.float(), B64.float()
     u = torch.randn(4, 30, 1)
@@ -86,7 +86,7 @@ def test_projection_through_the_toeplitz_kernel(monkeypatch):
 
 def test_lmu_fft_mode_with_the_kernel_equals_the_loop(monkeypatch):
     """The LMU's fft mode as CUDA runs it (the dispatch forced on): memory-only and RNN-cell layers."""
-    monkeypatch.setattr(dispatch, "use_triton_memory", lambda u, A_bar: True)
+    monkeypatch.setattr(dispatch, "use_triton_memory", lambda *args, **kwargs: True)
     for cell in (None, nn.RNNCell(10 + 1, 6)):
         lmu = contime.LMU(1, 1, 10, 15.0, cell, input_to_hidden=cell is not None, mode="fft")
         x = torch.randn(3, 25, 1, requires_grad=True)

@@ -209,8 +209,8 @@ class LMU(nn.Module):
 
         - "final" when valid (one product, no loop).
         - "fused" for an ``nn.RNNCell`` on CUDA with Triton: at the psMNIST shape on an H100 (``contime
-          bench``), forward + backward took 21.7 ms against 78.6 ms for "fft" and 23.4 ms for cuDNN's LSTM;
-          with hidden_to_memory, 28.6 ms against 512 ms for the loop.
+          bench``), forward + backward took 21.7 ms against 23.4 ms for cuDNN's LSTM in the same run, and in
+          an earlier run 78.6 ms for "fft"; with hidden_to_memory, 28.6 ms against 512 ms for the loop.
         - On the CPU, "fused" (its torch twin) where the memory feeds back (hidden/memory to memory): 2.6x
           faster than the loop at the Mackey-Glass shape; else the loop for a recurrent cell, which beat "fft"
           at the psMNIST shape (0.77 s against 0.94 s per training step on our 2-core CPU).
@@ -602,7 +602,8 @@ class LMU(nn.Module):
             mode = self._auto_mode(x.device, allow_fused=False)
         if mode != "varying":  # uniform steps (of length time_scale): the LMU's own modes
             # "final" streams sequences longer than FINAL_CHUNK: H for one chunk only, not the whole length.
-            length = None if mode == "recurrent" else min(time, FINAL_CHUNK) if mode == "final" else time
+            length = (None if mode in ("recurrent", "fused")  # loops need no impulse response
+                      else min(time, FINAL_CHUNK) if mode == "final" else time)
             A_bar, B_bar, H = self._system(x.dtype, length, time_scale)
         input_mask, recurrent_mask = self._dropout_masks(batch, x)
         u_x = self._input_drive(x, input_mask)

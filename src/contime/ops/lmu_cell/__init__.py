@@ -42,12 +42,12 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """"auto": Triton on CUDA when installed, else torch ops."""
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """"auto": Triton for float32 on CUDA when installed, else torch ops."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
+        return "triton" if device.type == "cuda" and dtype == torch.float32 and triton_available() else "torch"
     if backend == "triton":
         if not triton_available():
             raise RuntimeError("backend='triton' needs the triton package; install it or use backend='torch'")
@@ -74,7 +74,8 @@ class _LMUCellSequence(torch.autograd.Function):
         ctx.save_for_backward(H_ext, M_ext, U, A_T, Bm, E_h, E_m, W_m, W_h)
         ctx.relu, ctx.backend, ctx.extra = relu, backend, extra
         ctx.set_materialize_grads(False)
-        return H_ext[1:], M_ext[1:]
+        # Copies, not views of the buffers: a caller may modify the outputs in place (e.g. ReLU(inplace=True)).
+        return H_ext[1:].clone(), M_ext[1:].clone()
 
     @staticmethod
     def backward(ctx, grad_hs, grad_ms):
@@ -120,6 +121,8 @@ def check_arguments(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0) -> None:
         if not torch.is_tensor(x) or x.ndim != 3:
             raise ValueError(f"{name} must be a 3-D (time, batch, features) tensor")
     time, batch, D = ux.shape
+    if time < 1 or batch < 1:
+        raise ValueError(f"ux must have at least one step and one sequence, got shape {tuple(ux.shape)}")
     hidden = xh.shape[-1]
     N = Bm.shape[-1] if torch.is_tensor(Bm) else -1  # the memory size, D * order
     _check("xh", xh, (time, batch, hidden))
@@ -133,9 +136,11 @@ def check_arguments(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0) -> None:
         _check("E_h", E_h, (hidden, D))
     if E_m is not None:
         _check("E_m", E_m, (N, D))
-    tensors = [x for x in (ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0) if x is not None]
-    if len({x.device for x in tensors}) != 1 or len({x.dtype for x in tensors}) != 1:
-        raise ValueError("all tensors of the fused LMU cell must share one device and one dtype")
+    names = ("ux", "xh", "A_T", "Bm", "E_h", "E_m", "W_m", "W_h", "m0", "h0")
+    for name, x in zip(names, (ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0)):
+        if x is not None and (x.device != ux.device or x.dtype != ux.dtype):
+            raise ValueError(f"{name} is {x.dtype} on {x.device}, but ux is {ux.dtype} on {ux.device}: all tensors "
+                             "of the fused LMU cell must share one device and one dtype")
 
 
 def lmu_cell_sequence(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, *, relu: bool = False,
@@ -156,7 +161,7 @@ def lmu_cell_sequence(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, *, relu: bool
     check_arguments(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    backend = resolve_backend(backend, ux.device)
+    backend = resolve_backend(backend, ux.device, ux.dtype)
     if backend == "triton" and ux.dtype != torch.float32:
         raise ValueError(f"backend='triton' computes in float32; got {ux.dtype} (use backend='torch')")
     return _LMUCellSequence.apply(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, bool(relu), backend, precision)

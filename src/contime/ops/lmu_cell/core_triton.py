@@ -76,12 +76,13 @@ def _lmu_cell_forward_kernel(
     rk = tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
     for t in range(T):
-        h_prev = H_ptr + t * B * HID
-        m_prev = M_ptr + t * B * N
-        m_new = M_ptr + (t + 1) * B * N
-        h_new = H_ptr + (t + 1) * B * HID
+        tt = tl.cast(t, tl.int64)  # offsets of (T, B, .) buffers can pass 2**31
+        h_prev = H_ptr + tt * B * HID
+        m_prev = M_ptr + tt * B * N
+        m_new = M_ptr + (tt + 1) * B * N
+        h_new = H_ptr + (tt + 1) * B * HID
         # Phase 1: u_t = ux_t + h_{t-1} E_h + m_{t-1} E_m, (BLOCK_B, BLOCK_D); small, so every member computes it.
-        u = _tile(ux_ptr + t * B * D, rb, rd, B, D, D)
+        u = _tile(ux_ptr + tt * B * D, rb, rd, B, D, D)
         if HAS_EH:
             for k0 in range(0, HID, BLOCK_K):
                 u += tl.dot(_state(h_prev, rb, k0 + rk, B, HID, HID), _tile(Eh_ptr, k0 + rk, rd, HID, D, D),
@@ -91,7 +92,7 @@ def _lmu_cell_forward_kernel(
                 u += tl.dot(_state(m_prev, rb, k0 + rk, B, N, N), _tile(Em_ptr, k0 + rk, rd, N, D, D),
                             input_precision=PRECISION)
         if member == 0:
-            _put(U_ptr + t * B * D, u, rb, rd, B, D, D)
+            _put(U_ptr + tt * B * D, u, rb, rd, B, D, D)
         # Phase 2: this member's column chunks of m_t = m_{t-1} A^T + u_t Bm.
         for j0 in range(member * BLOCK_N, N, SPLIT * BLOCK_N):
             acc = tl.dot(u, _tile(Bm_ptr, rd, j0 + rn, D, N, N), input_precision=PRECISION)
@@ -102,7 +103,7 @@ def _lmu_cell_forward_kernel(
         _group_barrier(counter, (2 * t + 1) * SPLIT)  # all of m_t written
         # Phase 3: this member's column chunks of h_t = act(xh_t + m_t W_m + h_{t-1} W_h).
         for j0 in range(member * BLOCK_N, HID, SPLIT * BLOCK_N):
-            acc = _tile(xh_ptr + t * B * HID, rb, j0 + rn, B, HID, HID)
+            acc = _tile(xh_ptr + tt * B * HID, rb, j0 + rn, B, HID, HID)
             for k0 in range(0, N, BLOCK_K):
                 acc += tl.dot(_state(m_new, rb, k0 + rk, B, N, N), _tile(Wm_ptr, k0 + rk, j0 + rn, N, HID, HID),
                               input_precision=PRECISION)
@@ -136,19 +137,20 @@ def _lmu_cell_backward_kernel(
     du_later = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)  # du_{t+1}: every member keeps its own copy
     for step in range(T):
         t = T - 1 - step
-        dp_next = DP_ptr + (t + 1) * B * HID
-        dm_next = DM_ptr + (t + 1) * B * N
-        dp_now = DP_ptr + t * B * HID
-        dm_now = DM_ptr + t * B * N
+        tt = tl.cast(t, tl.int64)  # offsets of (T, B, .) buffers can pass 2**31
+        dp_next = DP_ptr + (tt + 1) * B * HID
+        dm_next = DM_ptr + (tt + 1) * B * N
+        dp_now = DP_ptr + tt * B * HID
+        dm_now = DM_ptr + tt * B * N
         # Phase 1: dp_t = (gh_t + dp_{t+1} W_h^T + du_{t+1} E_h^T) * act'(h_t), this member's chunks.
         for j0 in range(member * BLOCK_N, HID, SPLIT * BLOCK_N):
-            acc = _tile(gh_ptr + t * B * HID, rb, j0 + rn, B, HID, HID)
+            acc = _tile(gh_ptr + tt * B * HID, rb, j0 + rn, B, HID, HID)
             for k0 in range(0, HID, BLOCK_K):
                 acc += tl.dot(_state(dp_next, rb, k0 + rk, B, HID, HID),
                               _tile(WhT_ptr, k0 + rk, j0 + rn, HID, HID, HID), input_precision=PRECISION)
             if HAS_EH:
                 acc += tl.dot(du_later, _tile(EhT_ptr, rd, j0 + rn, D, HID, HID), input_precision=PRECISION)
-            h = _tile(H_ptr + (t + 1) * B * HID, rb, j0 + rn, B, HID, HID)
+            h = _tile(H_ptr + (tt + 1) * B * HID, rb, j0 + rn, B, HID, HID)
             if RELU:
                 acc = tl.where(h > 0, acc, 0.0)
             else:
@@ -158,7 +160,7 @@ def _lmu_cell_backward_kernel(
         # Phase 2: dm_t = gm_t + dm_{t+1} A + du_{t+1} E_m^T + dp_t W_m^T, this member's chunks.
         for j0 in range(member * BLOCK_N, N, SPLIT * BLOCK_N):
             if HAS_GM:
-                acc = _tile(gm_ptr + t * B * N, rb, j0 + rn, B, N, N)
+                acc = _tile(gm_ptr + tt * B * N, rb, j0 + rn, B, N, N)
             else:
                 acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
             for k0 in range(0, N, BLOCK_K):
@@ -177,7 +179,7 @@ def _lmu_cell_backward_kernel(
             du += tl.dot(_state(dm_now, rb, k0 + rk, B, N, N), _tile(BmT_ptr, k0 + rk, rd, N, D, D),
                          input_precision=PRECISION)
         if member == 0:
-            _put(DU_ptr + t * B * D, du, rb, rd, B, D, D)
+            _put(DU_ptr + tt * B * D, du, rb, rd, B, D, D)
         du_later = du
 
 
@@ -208,26 +210,27 @@ def _lmu_cell_forward_resident_kernel(
     if HAS_EM:
         Em = _tile(Em_ptr, rn_all, rd, N, D, D)  # (NP, BLOCK_D)
     for t in range(T):
-        h_prev = _state(H_ptr + t * B * HID, rb, rh_all, B, HID, HID)  # (BLOCK_B, HP)
-        m_prev = _state(M_ptr + t * B * N, rb, rn_all, B, N, N)  # (BLOCK_B, NP)
-        u = _tile(ux_ptr + t * B * D, rb, rd, B, D, D)
+        tt = tl.cast(t, tl.int64)  # offsets of (T, B, .) buffers can pass 2**31
+        h_prev = _state(H_ptr + tt * B * HID, rb, rh_all, B, HID, HID)  # (BLOCK_B, HP)
+        m_prev = _state(M_ptr + tt * B * N, rb, rn_all, B, N, N)  # (BLOCK_B, NP)
+        u = _tile(ux_ptr + tt * B * D, rb, rd, B, D, D)
         if HAS_EH:
             u += tl.dot(h_prev, Eh, input_precision=PRECISION)
         if HAS_EM:
             u += tl.dot(m_prev, Em, input_precision=PRECISION)
         if member == 0:
-            _put(U_ptr + t * B * D, u, rb, rd, B, D, D)
+            _put(U_ptr + tt * B * D, u, rb, rd, B, D, D)
         m = tl.dot(m_prev, A_cols, input_precision=PRECISION) + tl.dot(u, B_cols, input_precision=PRECISION)
-        _put(M_ptr + (t + 1) * B * N, m, rb, cols, B, N, N)
-        pre = _tile(xh_ptr + t * B * HID, rb, cols, B, HID, HID) + tl.dot(h_prev, Wh_cols, input_precision=PRECISION)
+        _put(M_ptr + (tt + 1) * B * N, m, rb, cols, B, N, N)
+        pre = _tile(xh_ptr + tt * B * HID, rb, cols, B, HID, HID) + tl.dot(h_prev, Wh_cols, input_precision=PRECISION)
         _group_barrier(counter, (2 * t + 1) * SPLIT)  # all of m_t written
-        m_new = _state(M_ptr + (t + 1) * B * N, rb, rn_all, B, N, N)
+        m_new = _state(M_ptr + (tt + 1) * B * N, rb, rn_all, B, N, N)
         pre += tl.dot(m_new, Wm_cols, input_precision=PRECISION)
         if RELU:
             h = tl.maximum(pre, 0.0)
         else:
             h = 2.0 * tl.sigmoid(2.0 * pre) - 1.0  # tanh
-        _put(H_ptr + (t + 1) * B * HID, h, rb, cols, B, HID, HID)
+        _put(H_ptr + (tt + 1) * B * HID, h, rb, cols, B, HID, HID)
         _group_barrier(counter, (2 * t + 2) * SPLIT)  # all of h_t written
 
 
@@ -259,31 +262,32 @@ def _lmu_cell_backward_resident_kernel(
     du_later = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)
     for step in range(T):
         t = T - 1 - step
-        dp_next = _state(DP_ptr + (t + 1) * B * HID, rb, rh_all, B, HID, HID)
-        dm_next = _state(DM_ptr + (t + 1) * B * N, rb, rn_all, B, N, N)
-        dp = _tile(gh_ptr + t * B * HID, rb, cols, B, HID, HID) + tl.dot(dp_next, WhT_cols, input_precision=PRECISION)
+        tt = tl.cast(t, tl.int64)  # offsets of (T, B, .) buffers can pass 2**31
+        dp_next = _state(DP_ptr + (tt + 1) * B * HID, rb, rh_all, B, HID, HID)
+        dm_next = _state(DM_ptr + (tt + 1) * B * N, rb, rn_all, B, N, N)
+        dp = _tile(gh_ptr + tt * B * HID, rb, cols, B, HID, HID) + tl.dot(dp_next, WhT_cols, input_precision=PRECISION)
         if HAS_EH:
             dp += tl.dot(du_later, EhT_cols, input_precision=PRECISION)
-        h = _tile(H_ptr + (t + 1) * B * HID, rb, cols, B, HID, HID)
+        h = _tile(H_ptr + (tt + 1) * B * HID, rb, cols, B, HID, HID)
         if RELU:
             dp = tl.where(h > 0, dp, 0.0)
         else:
             dp = dp * (1.0 - h * h)
-        _put(DP_ptr + t * B * HID, dp, rb, cols, B, HID, HID)
+        _put(DP_ptr + tt * B * HID, dp, rb, cols, B, HID, HID)
         dm = tl.dot(dm_next, A_cols, input_precision=PRECISION)
         if HAS_GM:
-            dm += _tile(gm_ptr + t * B * N, rb, cols, B, N, N)
+            dm += _tile(gm_ptr + tt * B * N, rb, cols, B, N, N)
         if HAS_EM:
             dm += tl.dot(du_later, EmT_cols, input_precision=PRECISION)
         _group_barrier(counter, (2 * step + 1) * SPLIT)  # all of dp_t written
-        dp_now = _state(DP_ptr + t * B * HID, rb, rh_all, B, HID, HID)
+        dp_now = _state(DP_ptr + tt * B * HID, rb, rh_all, B, HID, HID)
         dm += tl.dot(dp_now, WmT_cols, input_precision=PRECISION)
-        _put(DM_ptr + t * B * N, dm, rb, cols, B, N, N)
+        _put(DM_ptr + tt * B * N, dm, rb, cols, B, N, N)
         _group_barrier(counter, (2 * step + 2) * SPLIT)  # all of dm_t written
-        dm_now = _state(DM_ptr + t * B * N, rb, rn_all, B, N, N)
+        dm_now = _state(DM_ptr + tt * B * N, rb, rn_all, B, N, N)
         du = tl.dot(dm_now, BmT, input_precision=PRECISION)
         if member == 0:
-            _put(DU_ptr + t * B * D, du, rb, rd, B, D, D)
+            _put(DU_ptr + tt * B * D, du, rb, rd, B, D, D)
         du_later = du
 
 
@@ -324,7 +328,7 @@ def _resident_widths(batch: int, N: int, hidden: int, device: torch.device) -> l
     """The BLOCK_N of the resident kernels that fit: weights of at most RESIDENT_MAX_WIDTH rows, and a grid of
     groups * cdiv(max(N, H), BLOCK_N) programs that the SMs hold at once. In the interpreter (programs run one
     after another) only one member per group: BLOCK_N covers the widest state."""
-    NP, HP = triton.next_power_of_2(N), triton.next_power_of_2(hidden)
+    NP, HP = max(16, triton.next_power_of_2(N)), max(16, triton.next_power_of_2(hidden))
     if max(NP, HP) > RESIDENT_MAX_WIDTH:
         return []
     if _interpreting() or device.type != "cuda":
@@ -348,7 +352,9 @@ def _launch(chunked_kernel, resident_kernel, name: str, style: str, sizes: tuple
         raise ValueError(f"the resident kernels need N and H <= {RESIDENT_MAX_WIDTH} and a grid the SMs hold; "
                          f"got N={N}, H={hidden}, batch={batch}")
     if widths:
-        kernel, extra = resident_kernel, {"NP": triton.next_power_of_2(N), "HP": triton.next_power_of_2(hidden)}
+        # At least 16: a tensor-core product needs K >= 16 (the masks zero the padding).
+        kernel, extra = resident_kernel, {"NP": max(16, triton.next_power_of_2(N)),
+                                          "HP": max(16, triton.next_power_of_2(hidden))}
         configs = [({"BLOCK_N": n}, w) for n, w in RESIDENT_CONFIGS if n in widths] or [({"BLOCK_N": widths[0]}, 4)]
         grid = lambda meta: (triton.cdiv(max(N, hidden), meta["BLOCK_N"]), groups)  # noqa: E731
     else:
@@ -361,10 +367,12 @@ def _launch(chunked_kernel, resident_kernel, name: str, style: str, sizes: tuple
         return
     key = (name, kernel.__name__, tuple(sorted(str(c) for c in configs)))
     if key not in _TUNED:
+        # The batch is left out of the key: a new batch size (a last partial batch) would retune everything.
         _TUNED[key] = triton.autotune(configs=[triton.Config(meta, num_warps=w) for meta, w in configs],
-                                      key=["B", "HID", "N", "D", "PRECISION"], reset_to_zero=["sync_ptr"])(kernel)
+                                      key=["HID", "N", "D", "PRECISION"], reset_to_zero=["sync_ptr"])(kernel)
     _TUNED[name] = _TUNED[key]  # the last one used, for gpu_kernel_tune.py
-    _TUNED[key][grid](**kwargs, **extra)
+    with torch.cuda.device(device):  # Triton launches on the current device; the tensors' may differ
+        _TUNED[key][grid](**kwargs, **extra)
 
 
 def forward_core(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, relu: bool, precision: str = "ieee",

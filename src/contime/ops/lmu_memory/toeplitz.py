@@ -41,8 +41,9 @@ def _toeplitz_forward_kernel(u_ptr, k_ptr, out_ptr, R, T, C, D,
     cols = tl.arange(0, BLOCK_T * BLOCK_C)
     t = t_block * BLOCK_T + cols // BLOCK_C
     c = c_block * BLOCK_C + cols % BLOCK_C
-    u_rows = (rows // D) * (T * D) + rows % D
     row_ok = rows < R
+    rows = rows.to(tl.int64)  # output offsets can pass 2**31
+    u_rows = (rows // D) * (T * D) + rows % D
     col_ok = (t < T) & (c < C)
     acc = tl.zeros((BLOCK_M, BLOCK_T * BLOCK_C), dtype=tl.float32)
     t_end = tl.minimum((t_block + 1) * BLOCK_T, T)  # causal: sources after the tile's last step add nothing
@@ -53,7 +54,7 @@ def _toeplitz_forward_kernel(u_ptr, k_ptr, out_ptr, R, T, C, D,
         b = tl.load(k_ptr + s * C + c[None, :], mask=(s >= 0) & col_ok[None, :], other=0.0)
         acc += tl.dot(a, b, input_precision=PRECISION)
     out_rows = (rows // D) * (T * D * C) + (rows % D) * C
-    tl.store(out_ptr + out_rows[:, None] + (t * (D * C) + c)[None, :], acc,
+    tl.store(out_ptr + out_rows[:, None] + (t.to(tl.int64) * (D * C) + c)[None, :], acc,
              mask=row_ok[:, None] & col_ok[None, :])
 
 
@@ -65,7 +66,7 @@ def _toeplitz_forward_rows_kernel(u_ptr, k_ptr, out_ptr, R, T, C, D,
     response is a plain row-major operand K[s, c] and only u is read along skewed indices u[b, t - s, d]."""
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
-    r = tl.program_id(2)  # one (sequence, dimension) row of u per program
+    r = tl.program_id(2).to(tl.int64)  # one (sequence, dimension) row of u per program; offsets can pass 2**31
     t = pid_t * BLOCK_M + tl.arange(0, BLOCK_M)
     c = pid_c * BLOCK_N + tl.arange(0, BLOCK_N)
     u_row = (r // D) * (T * D) + r % D
@@ -80,7 +81,8 @@ def _toeplitz_forward_rows_kernel(u_ptr, k_ptr, out_ptr, R, T, C, D,
         b = tl.load(k_ptr + s[:, None] * C + c[None, :], mask=(s < T)[:, None] & c_ok[None, :], other=0.0)
         acc += tl.dot(a, b, input_precision=PRECISION)
     out_row = (r // D) * (T * D * C) + (r % D) * C
-    tl.store(out_ptr + out_row + t[:, None] * (D * C) + c[None, :], acc, mask=t_ok[:, None] & c_ok[None, :])
+    tl.store(out_ptr + out_row + t[:, None].to(tl.int64) * (D * C) + c[None, :], acc,
+             mask=t_ok[:, None] & c_ok[None, :])
 
 
 @triton.jit
@@ -94,6 +96,7 @@ def _toeplitz_grad_u_kernel(g_ptr, k_ptr, out_ptr, R, T, C, D, T_PER_SPLIT,
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
     row_ok = rows < R
+    rows = rows.to(tl.int64)  # offsets can pass 2**31
     g_rows = (rows // D) * (T * D * C) + (rows % D) * C
     kk = tl.arange(0, BLOCK_T * BLOCK_C)
     acc = tl.zeros((BLOCK_M, BLOCK_J), dtype=tl.float32)
@@ -105,12 +108,13 @@ def _toeplitz_grad_u_kernel(g_ptr, k_ptr, out_ptr, R, T, C, D, T_PER_SPLIT,
         for c0 in range(0, C, BLOCK_C):
             c = c0 + kk % BLOCK_C
             ok = t_ok & (c < C)
-            a = tl.load(g_ptr + g_rows[:, None] + (t * (D * C) + c)[None, :], mask=row_ok[:, None] & ok[None, :],
+            a = tl.load(g_ptr + g_rows[:, None] + (t.to(tl.int64) * (D * C) + c)[None, :],
+                        mask=row_ok[:, None] & ok[None, :],
                         other=0.0)
             s = t[:, None] - j[None, :]  # (BLOCK_T * BLOCK_C, BLOCK_J)
             b = tl.load(k_ptr + s * C + c[:, None], mask=(s >= 0) & ok[:, None] & (j < T)[None, :], other=0.0)
             acc += tl.dot(a, b, input_precision=PRECISION)
-    tl.store(out_ptr + split * R * T + rows[:, None] * T + j[None, :], acc,
+    tl.store(out_ptr + split.to(tl.int64) * R * T + rows[:, None] * T + j[None, :], acc,
              mask=row_ok[:, None] & (j < T)[None, :])
 
 
@@ -131,7 +135,8 @@ def _rows_launcher():
     if "rows" not in _TUNED:
         configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
                    for m, n, k, w, st in ROWS_CONFIGS]
-        _TUNED["rows"] = triton.autotune(configs=configs, key=["R", "T", "C", "D", "PRECISION"])(
+        # The batch (R) is left out of the key: a new batch size would retune every tile.
+        _TUNED["rows"] = triton.autotune(configs=configs, key=["T", "C", "D", "PRECISION"])(
             _toeplitz_forward_rows_kernel)
     tuned = _TUNED["rows"]
     return lambda grid, **kw: tuned[grid](**kw)
@@ -149,9 +154,23 @@ def _grad_kernel_fft(grad: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfft(spectrum, n=n_fft, dim=0)[:time]
 
 
+def _nothing():
+    import contextlib
+    return contextlib.nullcontext()
+
+
+# CUDA's grid limit on axes 1 and 2: the "rows" forward puts one (sequence, dimension) row per program on axis 2.
+MAX_ROWS = 65535
+
+
 class _CausalToeplitz(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, kernel, precision, forward_kernel):
+        with torch.cuda.device(u.device) if u.is_cuda else _nothing():  # Triton launches on the current device
+            return _CausalToeplitz._forward(ctx, u, kernel, precision, forward_kernel)
+
+    @staticmethod
+    def _forward(ctx, u, kernel, precision, forward_kernel):
         batch, time, D = u.shape
         C = kernel.shape[1]
         u, kernel = u.contiguous(), kernel.contiguous()
@@ -172,6 +191,12 @@ class _CausalToeplitz(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        u = ctx.saved_tensors[0]
+        with torch.cuda.device(u.device) if u.is_cuda else _nothing():
+            return _CausalToeplitz._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad):
         if torch.is_grad_enabled():
             raise RuntimeError("the Toeplitz memory has no double backward (create_graph=True); use mode='fft'")
         u, kernel = ctx.saved_tensors
@@ -218,6 +243,9 @@ def causal_toeplitz(u: torch.Tensor, kernel: torch.Tensor, precision: str = "iee
     if u.ndim != 3 or kernel.ndim != 2 or kernel.shape[0] != u.shape[1]:
         raise ValueError(f"u must be (batch, time, D) and kernel (time, C) with the same time; got u "
                          f"{tuple(u.shape)}, kernel {tuple(kernel.shape)}")
+    if u.shape[0] * u.shape[2] > MAX_ROWS:
+        raise ValueError(f"causal_toeplitz takes at most {MAX_ROWS} (sequence, dimension) rows, got "
+                         f"{u.shape[0] * u.shape[2]} (u {tuple(u.shape)}); use linear_memory_fft")
     if u.dtype != torch.float32 or kernel.dtype != torch.float32:
         raise ValueError(f"the Toeplitz kernel computes in float32; got u {u.dtype}, kernel {kernel.dtype}")
     return _CausalToeplitz.apply(u, kernel, precision, forward_kernel)
