@@ -141,3 +141,13 @@ def test_no_double_backward():
     hs, _ = lmu_cell_sequence(*args, backend="torch")
     with pytest.raises(RuntimeError, match="double backward"):
         torch.autograd.grad(hs.sum(), args[0], create_graph=True)
+
+
+def test_outputs_can_be_modified_in_place():
+    """The fused mode returns tensors of its own, not views of its buffers: in-place ops work as in the loop."""
+    lmu = contime.LMU(1, 1, 8, 10.0, nn.RNNCell(8, 5), hidden_to_memory=True, mode="fused")
+    y, state = lmu(torch.randn(3, 6, 1))
+    y.relu_()
+    state.memory.mul_(2)
+    (y.sum() + state.memory.sum()).backward()
+    assert lmu.hidden_cell.weight_hh.grad.abs().sum() > 0
