@@ -127,13 +127,16 @@ class BenchPath:
     kind: str
     build: Callable[[BenchShape, torch.device, torch.dtype], Case]
     description: str = ""
+    reference: str | None = None  # a path computing the same function, whose float64 build is the reference
 
 
 PATHS: dict[str, BenchPath] = {}
 
 
-def register_path(name: str, kind: str, description: str = ""):
-    """Decorator: register ``build(shape, device, dtype) -> Case`` as the path ``name`` of ``kind``."""
+def register_path(name: str, kind: str, description: str = "", reference: str | None = None):
+    """Decorator: register ``build(shape, device, dtype) -> Case`` as the path ``name`` of ``kind``.
+    ``reference``: for a path without a float64 build (a float32 kernel), the path whose float64 build the
+    precision table compares it with."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not name or "," in name or name != name.strip():
@@ -142,7 +145,8 @@ def register_path(name: str, kind: str, description: str = ""):
     def decorate(build):
         if name in PATHS:
             raise ValueError(f"path {name!r} is already registered")
-        PATHS[name] = BenchPath(name, kind, build, description or (build.__doc__ or "").strip().split("\n")[0])
+        PATHS[name] = BenchPath(name, kind, build, description or (build.__doc__ or "").strip().split("\n")[0],
+                                reference)
         return build
     return decorate
 
@@ -255,10 +259,12 @@ def _toeplitz_builder(precision: str, forward_kernel: str = "rows"):
 
 for _precision in ("ieee", "tf32x3", "tf32"):
     register_path("memory-toeplitz" + ("" if _precision == "ieee" else f"-{_precision}"), kind="memory",
-                  description=f"Triton causal Toeplitz product, {_precision} products, all states")(
+                  description=f"Triton causal Toeplitz product, {_precision} products, all states",
+                  reference="memory-fft")(
         _toeplitz_builder(_precision))
 register_path("memory-toeplitz-columns", kind="memory",
-              description="Triton causal Toeplitz product, the other tiling (rows = sequences), all states")(
+              description="Triton causal Toeplitz product, the other tiling (rows = sequences), all states",
+              reference="memory-fft")(
     _toeplitz_builder("ieee", "columns"))
 
 

@@ -94,7 +94,9 @@ def precision_rows(names: Iterable[str], shape: BenchShape, device: torch.device
         if path.kind == "baseline":
             continue
         try:
-            reference = build_case(path, shape, reference_device, torch.float64)
+            build_case(path, shape, device, torch.float32)  # can the path run here at all (e.g. needs CUDA)?
+            reference = build_case(PATHS[path.reference] if path.reference else path, shape, reference_device,
+                                   torch.float64)
         except PathUnavailable as why:
             rows.append({"path": name, "kind": path.kind, "precision": None, "skipped": str(why)})
             continue
@@ -107,6 +109,10 @@ def precision_rows(names: Iterable[str], shape: BenchShape, device: torch.device
                    "reference_device": str(reference_device)}
             try:
                 out, grad_x = _run(build_case(path, shape, device, dtype), grad, autocast_dtype)
+            except PathUnavailable as why:  # e.g. a float32 kernel has no float64 build
+                row["skipped"] = str(why)
+                rows.append(row)
+                continue
             except Exception as err:  # noqa: BLE001 - one failing path must not end the table
                 # A path that cannot run in this precision is a finding to report, not a reason to stop.
                 row["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
