@@ -312,3 +312,11 @@ def test_fft_mode_folds_a_leading_linear_layer(monkeypatch):
         for a, b in zip(grads, ref_grads):
             torch.testing.assert_close(a, b, atol=1e-7, rtol=0)
     assert not calls
+
+
+def test_auto_keeps_large_feedback_layers_in_the_loop_on_the_cpu():
+    """The fused torch twin beat the loop on the CPU only for small layers (measured; see resolve_mode)."""
+    small = contime.LMU(1, 1, 64, 5.0, nn.RNNCell(64, 64), hidden_to_memory=True)
+    large = contime.LMU(1, 1, 256, 5.0, nn.RNNCell(256, 212), hidden_to_memory=True)
+    assert small.resolve_mode("cpu") == "fused" and large.resolve_mode("cpu") == "recurrent"
+    assert large.resolve_mode("cuda") == ("fused" if triton_available() else "recurrent")

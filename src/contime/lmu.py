@@ -42,6 +42,7 @@ from .ops.lmu_memory.common import apply_state_matrix
 from .ops.lmu_memory.final import FINAL_CHUNK
 
 MODES = ("auto", "recurrent", "fused", "fft", "conv", "final")
+CPU_FUSED_MAX_WIDTH = 128  # on the CPU the fused cell beats the loop only for small layers (see resolve_mode)
 
 
 def _leading_linear(cell):
@@ -211,9 +212,12 @@ class LMU(nn.Module):
         - "fused" for an ``nn.RNNCell`` on CUDA with Triton: at the psMNIST shape on an H100 (``contime
           bench``), forward + backward took 21.7 ms against 23.4 ms for cuDNN's LSTM in the same run, and in
           an earlier run 78.6 ms for "fft"; with hidden_to_memory, 28.6 ms against 512 ms for the loop.
-        - On the CPU, "fused" (its torch twin) where the memory feeds back (hidden/memory to memory): 2.6x
-          faster than the loop at the Mackey-Glass shape; else the loop for a recurrent cell, which beat "fft"
-          at the psMNIST shape (0.77 s against 0.94 s per training step on our 2-core CPU).
+        - On the CPU, "fused" (its torch twin) where the memory feeds back (hidden/memory to memory) and the
+          layer is small (memory and hidden sizes up to 128), where per-step overhead dominates: forward +
+          backward 0.37x to 0.59x the loop's time (batch 32, 500 steps, one thread). At the psMNIST size (256
+          and 212, 784 steps) the loop was faster (1.07 s against 1.19 s), so it runs there. Without feedback,
+          the loop for a recurrent cell, which beat "fft" at the psMNIST shape (0.77 s against 0.94 s per
+          training step on our 2-core CPU).
         - Otherwise "fft".
         """
         if self.mode != "auto":
@@ -224,9 +228,10 @@ class LMU(nn.Module):
         modes = [m for m in self.valid_modes() if allow_fused or m != "fused"]
         on_cpu = device is None or torch.device(device).type == "cpu"
         feedback = self.hidden_to_memory or self.memory_to_memory
+        small = max(self.memory_d * self.order, self.output_size) <= CPU_FUSED_MAX_WIDTH
         if "final" in modes:
             return "final"
-        if "fused" in modes and (on_cpu and feedback or not on_cpu and triton_available()):
+        if "fused" in modes and (on_cpu and feedback and small or not on_cpu and triton_available()):
             return "fused"
         if "fft" in modes and not (on_cpu and self.hidden_kind == "recurrent"):
             return "fft"
@@ -521,12 +526,17 @@ class LMU(nn.Module):
             A_T = torch.block_diag(*A_bar.transpose(1, 2).unbind(0))
             Bm = torch.block_diag(*B_bar[:, None].unbind(0))
         xs = x.transpose(0, 1)  # (time, batch, input_size)
-        xh = xs.new_zeros(*xs.shape[:2], self.output_size)
+        # What reaches the pre-activation from x and the biases, (time, batch, hidden): without input_to_hidden
+        # a broadcast view of the biases (nothing of that size is written on the CPU).
+        bias = x.new_zeros(self.output_size)
+        for b in (cell.bias_ih, cell.bias_hh):
+            if b is not None:
+                bias = bias + b
         if self.input_to_hidden:
-            xh = xh + xs @ cell.weight_ih[:, N:].t()
-        for bias in (cell.bias_ih, cell.bias_hh):
-            if bias is not None:
-                xh = xh + bias
+            xh = torch.addmm(bias, xs.reshape(-1, self.input_size), cell.weight_ih[:, N:].t()).view(
+                *xs.shape[:2], self.output_size)
+        else:
+            xh = bias.expand(*xs.shape[:2], self.output_size)
         h0 = state.hidden if state.hidden is not None else x.new_zeros(x.shape[0], self.output_size)
         args = [u_x.transpose(0, 1), xh, A_T, Bm, self.hidden_kernel, self.memory_kernel, cell.weight_ih[:, :N].t(),
                 cell.weight_hh.t(), state.memory, h0]

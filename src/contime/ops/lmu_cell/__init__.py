@@ -69,7 +69,9 @@ class _LMUCellSequence(torch.autograd.Function):
     def forward(ctx, ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, relu, backend, precision):
         core = _core(backend)
         extra = {} if backend == "torch" else {"precision": precision}
-        args = [x if x is None else x.contiguous() for x in (ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0)]
+        args = [ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0]
+        if backend == "triton":  # the kernels index every buffer densely; torch ops take any strides
+            args = [x if x is None else x.contiguous() for x in args]
         H_ext, M_ext, U = core.forward_core(*args, relu, **extra)
         ctx.save_for_backward(H_ext, M_ext, U, A_T, Bm, E_h, E_m, W_m, W_h)
         ctx.relu, ctx.backend, ctx.extra = relu, backend, extra

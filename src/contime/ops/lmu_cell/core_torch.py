@@ -27,14 +27,15 @@ def forward_core(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, relu: bool):
     H_ext[0], M_ext[0] = h0, m0
     for t in range(time):
         h_prev, m_prev = H_ext[t], M_ext[t]
-        u = ux[t]
+        # Products written straight into the step's slot of each buffer: no temporary copies.
+        u = U[t]
+        u.copy_(ux[t])
         if E_h is not None:
-            u = torch.addmm(u, h_prev, E_h)
+            u.addmm_(h_prev, E_h)
         if E_m is not None:
-            u = torch.addmm(u, m_prev, E_m)
-        U[t] = u
-        m = torch.addmm(u @ Bm, m_prev, A_T, out=M_ext[t + 1])
-        pre = torch.addmm(torch.addmm(xh[t], m, W_m), h_prev, W_h)
+            u.addmm_(m_prev, E_m)
+        m = torch.mm(m_prev, A_T, out=M_ext[t + 1]).addmm_(u, Bm)
+        pre = torch.addmm(xh[t], m, W_m).addmm_(h_prev, W_h)
         if relu:
             torch.clamp_min(pre, 0, out=H_ext[t + 1])
         else:
