@@ -29,15 +29,13 @@ from .legendre import DISCRETIZERS, discretize, discretize_steps, impulse_respon
 from .ops.lmu_memory import (
     apply_step_matrices,
     linear_memory_conv,
-    linear_memory_fft,
     linear_memory_final,
     linear_memory_varying,
     StepMatrices,
-    projected_memory_fft,
 )
 from .ops.lmu_cell import PRECISIONS as KERNEL_PRECISIONS
 from .ops.lmu_cell import lmu_cell_sequence, triton_available
-from .ops.lmu_memory.dispatch import causal_projection, memory_all_steps, use_triton_memory
+from .ops.lmu_memory.dispatch import causal_projection, memory_all_steps
 from .ops.lmu_memory.common import apply_state_matrix
 from .ops.lmu_memory.final import FINAL_CHUNK
 
