@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from contime.baselines import GRUBaseline, LMUBaseline, NeuralCDEBaseline, TransformerBaseline, pack_valid
 from contime.cli import app
-from contime.data.irregular import IrregularData, drop_mask
+from contime.data.irregular import drop_mask
 from contime.data.sinusoids import LONG_SWITCH, sinusoid_classification
 from contime.data.uea import load_uea, to_irregular
 from contime.experiments.scaling import fit_exponent

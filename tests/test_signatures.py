@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from contime.signatures import SignatureConfig, check_series, precompute_features, signature_features
+from contime.signatures import SignatureConfig, precompute_features, signature_features
 
 F64 = torch.float64
 

@@ -43,7 +43,7 @@ from ..data.sinusoids import sinusoid_classification
 from ..data.uea import BUNDLED_CLASSIFICATION, load_uea
 from ..rough_transformer import OfflineRoughTransformer, RoughTransformer
 from ..signatures import SignatureConfig, precompute_features
-from ..training import TrainConfig, Trainer, count_parameters
+from ..training import TrainConfig, Trainer
 from ..training.distributed import resolve_device
 from ..training.memory import peak_tensor_bytes
 from .rundir import (OUT_DIR_OPTION, QUIET_OPTION, RESUME_OPTION, RUN_DIR_OPTION, command_console, experiment_command,
