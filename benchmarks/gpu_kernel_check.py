@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import contime
+from contime.bench.precision import relative_error
 from contime.legendre import discretize, impulse_response
 from contime.ops.lmu_cell import lmu_cell_naive, lmu_cell_sequence
 from contime.ops.lmu_memory import linear_memory_fft
@@ -24,7 +25,7 @@ failures = []
 
 
 def report(check, precision, what, got, ref, bound):
-    error = float((got.double().cpu() - ref.double().cpu()).norm() / ref.double().cpu().norm())
+    error = relative_error(got.cpu(), ref.cpu())
     ok = error < bound and bool(torch.isfinite(got).all())
     print(json.dumps({"check": check, "precision": precision, "what": what, "relative_error": error,
                       "bound": bound, "ok": ok}), flush=True)

@@ -46,7 +46,7 @@ from contime.legendre import discretize
 from contime.ops.lmu_memory import linear_memory_fft, linear_memory_final, linear_memory_final_chunked
 from contime.ops.lmu_memory.fft import fft_length
 from contime.ops.lmu_memory.final import FINAL_CHUNK
-from contime.training.memory import peak_tensor_bytes
+from contime.bench.timing import peak_bytes, synchronize
 
 PATHS = ("fft", "stream", "whole")
 LENGTHS = (1_000, 3_000, 10_000, 30_000, 100_000, 300_000, 1_000_000)
@@ -74,28 +74,12 @@ def estimate_bytes(path: str, length: int, batch: int, order: int, chunk: int, i
     return impulse(length, itemsize) + 3 * batch * length * itemsize  # whole: H, the reversed and moved u
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def call_time(fn, device: torch.device) -> float:
-    sync(device)
+    synchronize(device)
     start = clock.perf_counter()
     fn()
-    sync(device)
+    synchronize(device)
     return clock.perf_counter() - start
-
-
-def peak_bytes(fn, device: torch.device) -> int:
-    if device.type == "cuda":
-        sync(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        sync(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    return peak_tensor_bytes(fn)[1]
 
 
 def path_call(path: str, u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor, chunk: int):

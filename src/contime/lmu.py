@@ -250,10 +250,13 @@ class LMU(nn.Module):
         dtype = dtype or self.theta.dtype
         return A_bar.to(dtype), B_bar.to(dtype)
 
-    def _system(self, dtype: torch.dtype, length: int | None, time_scale: float = 1.0):
+    def _system(self, dtype: torch.dtype, length: int | None, time_scale: float = 1.0,
+                matrix_dtype: torch.dtype | None = None):
         """(A_bar, B_bar, H) for this call; H ``(k, length, n)`` is None when ``length`` is None.
 
         ``time_scale`` c != 1 discretizes with theta / c: the system of a series whose every step lasts c.
+        ``matrix_dtype``: A_bar and B_bar in this dtype rather than ``dtype`` (float64 where an op raises A_bar
+        to high powers itself).
 
         Reused across calls while theta is unchanged and no gradient to theta is wanted: rebuilding the
         matrix exponential and the impulse response costs far more than a short forward pass.
@@ -262,15 +265,16 @@ class LMU(nn.Module):
         # a gradient to theta is wanted; the key holds everything the matrices depend on.
         cacheable = not (torch.compiler.is_compiling() or torch.is_inference_mode_enabled()
                          or (torch.is_grad_enabled() and self.theta.requires_grad))
-        key = (self.theta._version, self.theta.data_ptr(), self.theta.device, dtype, length, self.order,
-               self.discretizer, time_scale) if cacheable else None
+        matrix_dtype = matrix_dtype or dtype
+        key = (self.theta._version, self.theta.data_ptr(), self.theta.device, dtype, matrix_dtype, length,
+               self.order, self.discretizer, time_scale) if cacheable else None
         if key is not None and key in self._system_cache:
             return self._system_cache[key]
         if time_scale == 1.0:
             A64, B64 = self.discretized(torch.float64)
         else:
             A64, B64 = discretize(self.order, self.theta.to(torch.float64) / time_scale, 1.0, self.discretizer)
-        A_bar, B_bar = A64.to(dtype), B64.to(dtype)
+        A_bar, B_bar = A64.to(matrix_dtype), B64.to(matrix_dtype)
         # The power series in float64, cast once: float32 powers drift over long sequences.
         H = None if length is None else impulse_response(A64, B64, length).to(dtype)
         if key is not None:
@@ -545,10 +549,9 @@ class LMU(nn.Module):
             if tensor is not None:
                 dtype = torch.promote_types(dtype, tensor.dtype)
         args = [t if t is None else t.to(dtype) for t in args]
-        on_gpu = x.device.type == "cuda" and dtype == torch.float32 and triton_available()
         with torch.autocast(x.device.type, enabled=False):
             hs, ms = lmu_cell_sequence(*args, relu=cell.nonlinearity == "relu",
-                                       backend="triton" if on_gpu else "torch", precision=self.kernel_precision)
+                                       backend="auto", precision=self.kernel_precision)
         return hs.transpose(0, 1), LMUState(ms[-1], hs[-1])
 
     def _forward_varying(self, x, u_x, state, dt, lengths, recurrent_mask, starts_at_zero):
@@ -612,12 +615,10 @@ class LMU(nn.Module):
             # "final" streams sequences longer than FINAL_CHUNK: H for one chunk only, not the whole length.
             length = (None if mode in ("recurrent", "fused")  # loops need no impulse response
                       else min(time, FINAL_CHUNK) if mode == "final" else time)
-            A_bar, B_bar, H = self._system(x.dtype, length, time_scale)
-            if mode == "final" and time > FINAL_CHUNK:
-                # Streaming raises A_bar to the chunk length: from the float64 matrices, not their cast
-                # (float32, order 64, theta 8,000, 20,000 steps: 1.6e-5 relative error from the cast, 4.6e-7 now).
-                A_bar, B_bar = discretize(self.order, self.theta.to(torch.float64) / time_scale, 1.0,
-                                          self.discretizer)
+            # Streaming raises A_bar to the chunk length: from the float64 matrices, not their cast (float32,
+            # order 64, theta 8,000, 20,000 steps: 1.6e-5 relative error from the cast, 4.6e-7 without it).
+            streams = mode == "final" and time > FINAL_CHUNK
+            A_bar, B_bar, H = self._system(x.dtype, length, time_scale, torch.float64 if streams else None)
         input_mask, recurrent_mask = self._dropout_masks(batch, x)
         u_x = self._input_drive(x, input_mask)
         step_is_valid = None

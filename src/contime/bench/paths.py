@@ -36,6 +36,7 @@ from torch import nn
 from ..legendre import discretize, impulse_response
 from ..lmu import LMU
 from ..ops.lmu_memory import linear_memory_conv, linear_memory_fft, linear_memory_final, linear_memory_naive
+from ..ops.triton_env import interpreting
 from .timing import time_call
 
 KINDS = ("memory", "cell", "baseline")
@@ -245,8 +246,7 @@ def _memory_final(shape, device, dtype):
 
 def _toeplitz_builder(precision: str, forward_kernel: str = "rows"):
     def build(shape, device, dtype):
-        import os
-        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        if device.type != "cuda" and not interpreting():
             raise PathUnavailable("the Triton kernel needs CUDA")
         if dtype != torch.float32:
             raise PathUnavailable("the Triton kernel computes in float32")

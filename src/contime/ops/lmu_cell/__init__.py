@@ -22,24 +22,13 @@ autograd differentiates.
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
+from ..triton_env import interpreting, triton_available
 from . import core_torch
 
 BACKENDS = ("auto", "torch", "triton")
 PRECISIONS = ("ieee", "tf32x3", "tf32")
-
-
-def triton_available() -> bool:
-    """True when Triton is installed (the kernels then run on CUDA, or anywhere under TRITON_INTERPRET=1)."""
-    return importlib.util.find_spec("triton") is not None
-
-
-def _interpreting() -> bool:
-    import os
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
@@ -51,7 +40,7 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = tor
     if backend == "triton":
         if not triton_available():
             raise RuntimeError("backend='triton' needs the triton package; install it or use backend='torch'")
-        if device.type != "cuda" and not _interpreting():
+        if device.type != "cuda" and not interpreting():
             raise RuntimeError(f"backend='triton' runs on CUDA tensors (or under TRITON_INTERPRET=1); "
                                f"got tensors on {device.type}")
     return backend

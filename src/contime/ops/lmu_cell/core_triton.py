@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..triton_env import interpreting
+
 
 @triton.jit
 def _tile(ptr, rows, cols, n_rows, n_cols, row_stride):
@@ -50,6 +52,15 @@ def _put(ptr, value, rows, cols, n_rows, n_cols, row_stride):
 
 
 @triton.jit
+def _program_in_group(sync_ptr, BLOCK_B: tl.constexpr):
+    """(member, SPLIT, counter, rows): this program's place in its group (axis 0: which columns, of SPLIT
+    members; axis 1: which BLOCK_B sequences), the group's barrier counter, and its sequences' row indices."""
+    group = tl.program_id(1)
+    return (tl.program_id(0), tl.num_programs(0), sync_ptr + group,
+            group * BLOCK_B + tl.arange(0, BLOCK_B))
+
+
+@triton.jit
 def _group_barrier(counter_ptr, target):
     """Wait until every program of the group has arrived here as often as ``target / SPLIT`` times."""
     tl.debug_barrier()  # this program's stores are issued before it announces them
@@ -67,11 +78,7 @@ def _lmu_cell_forward_kernel(
         T, B, HID, N, D,
         BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr):
-    member = tl.program_id(0)  # which columns this program computes
-    SPLIT = tl.num_programs(0)  # members per group
-    group = tl.program_id(1)  # which sequences
-    counter = sync_ptr + group
-    rb = group * BLOCK_B + tl.arange(0, BLOCK_B)
+    member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
     rd = tl.arange(0, BLOCK_D)
     rk = tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
@@ -126,11 +133,7 @@ def _lmu_cell_backward_kernel(
         BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, HAS_GM: tl.constexpr, RELU: tl.constexpr,
         PRECISION: tl.constexpr):
-    member = tl.program_id(0)
-    SPLIT = tl.num_programs(0)
-    group = tl.program_id(1)
-    counter = sync_ptr + group
-    rb = group * BLOCK_B + tl.arange(0, BLOCK_B)
+    member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
     rd = tl.arange(0, BLOCK_D)
     rk = tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
@@ -192,11 +195,7 @@ def _lmu_cell_forward_resident_kernel(
     """The forward with each member's weight columns held on chip for the whole sequence: member k owns the
     k-th chunk of BLOCK_N columns of m and of h (the group has cdiv(max(N, H), BLOCK_N) members), so a step
     is three state loads, five products and two barriers. NP, HP: N and H rounded up to powers of two."""
-    member = tl.program_id(0)
-    group = tl.program_id(1)
-    SPLIT = tl.num_programs(0)
-    counter = sync_ptr + group
-    rb = group * BLOCK_B + tl.arange(0, BLOCK_B)
+    member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
     rd = tl.arange(0, BLOCK_D)
     rn_all = tl.arange(0, NP)
     rh_all = tl.arange(0, HP)
@@ -242,11 +241,7 @@ def _lmu_cell_backward_resident_kernel(
         HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, HAS_GM: tl.constexpr, RELU: tl.constexpr,
         PRECISION: tl.constexpr):
     """The backward counterpart of ``_lmu_cell_forward_resident_kernel``."""
-    member = tl.program_id(0)
-    group = tl.program_id(1)
-    SPLIT = tl.num_programs(0)
-    counter = sync_ptr + group
-    rb = group * BLOCK_B + tl.arange(0, BLOCK_B)
+    member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
     rd = tl.arange(0, BLOCK_D)
     rn_all = tl.arange(0, NP)
     rh_all = tl.arange(0, HP)
@@ -301,11 +296,6 @@ STYLES = ("auto", "resident", "chunked")
 DEFAULT_STYLE = "auto"
 
 
-def _interpreting() -> bool:
-    import os
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def _dummy(like: torch.Tensor) -> torch.Tensor:
     return like.new_zeros(1)
 
@@ -314,7 +304,7 @@ def _group_size(batch: int, columns: int, block_n: int, device: torch.device) ->
     """Programs per group of BLOCK_B sequences: one per chunk of ``block_n`` columns of the widest state, but
     never more programs than SMs (members of a group wait for each other, so all must be resident at once);
     1 in the interpreter, which runs programs one after another."""
-    if _interpreting() or device.type != "cuda":
+    if interpreting() or device.type != "cuda":
         return 1
     groups = triton.cdiv(batch, BLOCK_B)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
@@ -331,7 +321,7 @@ def _resident_widths(batch: int, N: int, hidden: int, device: torch.device) -> l
     NP, HP = max(16, triton.next_power_of_2(N)), max(16, triton.next_power_of_2(hidden))
     if max(NP, HP) > RESIDENT_MAX_WIDTH:
         return []
-    if _interpreting() or device.type != "cuda":
+    if interpreting() or device.type != "cuda":
         return [max(NP, HP)]
     groups = triton.cdiv(batch, BLOCK_B)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
@@ -361,7 +351,7 @@ def _launch(chunked_kernel, resident_kernel, name: str, style: str, sizes: tuple
         kernel, extra = chunked_kernel, {}
         configs = [({"BLOCK_K": k, "BLOCK_N": n}, w) for k, n, w in CELL_CONFIGS]
         grid = lambda meta: (_group_size(batch, max(N, hidden), meta["BLOCK_N"], device), groups)  # noqa: E731
-    if _interpreting():
+    if interpreting():
         meta, warps = configs[0]
         kernel[grid(meta)](**kwargs, **extra, **meta, num_warps=warps)
         return

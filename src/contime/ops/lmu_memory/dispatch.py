@@ -3,16 +3,18 @@ applies, the FFT convolution everywhere else. Both compute the same function (te
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
-from .fft import linear_memory_fft, projected_memory_fft
+from ..triton_env import triton_available
 from .common import zero_input_response
+from .fft import linear_memory_fft, projected_memory_fft
 
 # The Toeplitz product costs O(T^2) per channel against the FFT's O(T log T): beyond this length the FFT wins
 # whatever the constant factors.
 TOEPLITZ_MAX_TIME = 2048
+# CUDA's grid limit on axes 1 and 2: the Toeplitz "rows" forward puts one (sequence, dimension) row per program
+# on axis 2.
+MAX_ROWS = 65535
 
 
 def use_triton_memory(u: torch.Tensor, A_bar: torch.Tensor, precision: str = "ieee", needs_grad: bool = False) -> bool:
@@ -26,8 +28,8 @@ def use_triton_memory(u: torch.Tensor, A_bar: torch.Tensor, precision: str = "ie
     if precision == "ieee" and needs_grad:
         return False
     return (u.device.type == "cuda" and u.dtype == torch.float32 and A_bar.shape[0] == 1
-            and u.shape[1] <= TOEPLITZ_MAX_TIME and u.shape[0] * u.shape[2] <= 65535
-            and importlib.util.find_spec("triton") is not None)
+            and u.shape[1] <= TOEPLITZ_MAX_TIME and u.shape[0] * u.shape[2] <= MAX_ROWS
+            and triton_available())
 
 
 def _wants_grad(*tensors) -> bool:

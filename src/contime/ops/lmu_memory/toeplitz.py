@@ -16,12 +16,16 @@ close to float32) or "tf32" (one, about 1e-3 relative error).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
 
 from ...legendre import impulse_response
+from ..triton_env import interpreting
 from .common import zero_input_response
+from .dispatch import MAX_ROWS
 from .fft import fft_length
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
@@ -127,8 +131,7 @@ _TUNED: dict = {}
 
 def _rows_launcher():
     """The "rows" forward behind Triton's autotuner on a GPU; the first tile in the interpreter."""
-    import os
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if interpreting():
         m, n, k, warps, stages = ROWS_CONFIGS[0]
         return lambda grid, **kw: _toeplitz_forward_rows_kernel[grid](BLOCK_M=m, BLOCK_N=n, BLOCK_K=k,
                                                                       num_warps=warps, num_stages=stages, **kw)
@@ -154,19 +157,11 @@ def _grad_kernel_fft(grad: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfft(spectrum, n=n_fft, dim=0)[:time]
 
 
-def _nothing():
-    import contextlib
-    return contextlib.nullcontext()
-
-
-# CUDA's grid limit on axes 1 and 2: the "rows" forward puts one (sequence, dimension) row per program on axis 2.
-MAX_ROWS = 65535
-
-
 class _CausalToeplitz(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, kernel, precision, forward_kernel):
-        with torch.cuda.device(u.device) if u.is_cuda else _nothing():  # Triton launches on the current device
+        # Triton launches on the current device, which may not be the tensors'.
+        with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
             return _CausalToeplitz._forward(ctx, u, kernel, precision, forward_kernel)
 
     @staticmethod
@@ -192,7 +187,7 @@ class _CausalToeplitz(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         u = ctx.saved_tensors[0]
-        with torch.cuda.device(u.device) if u.is_cuda else _nothing():
+        with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
             return _CausalToeplitz._backward(ctx, grad)
 
     @staticmethod
