@@ -7,7 +7,8 @@
 # The GPU image has torch and triton but not pysiglib/torchcde/nengo; their wheels must be in ./wheels/
 # (git-ignored; carry it): pip download --no-deps -d wheels pysiglib==4.0.0 torchcde==0.2.5 torchsde==0.2.6
 # trampoline==0.1.2 nengo==4.1.0
-# Settings: PYTHON (python3), STEPS (check,tune,bench,long: which parts run), BENCH_ARGS (extra bench options).
+# Settings: PYTHON (python3), STEPS (check,tune,bench,long: which parts run), CHECKS (gpu_kernel_check.py's
+# checks, default all), BENCH_ARGS (bench options; default --precision, the error table).
 set -uo pipefail
 PYTHON=${PYTHON:-python3}
 STEPS=${STEPS:-check,tune,bench,long}
@@ -23,12 +24,12 @@ step() { [[ ",$STEPS," == *",$1,"* ]]; }
 
 if step check; then
     echo "== check"
-    timeout 100 "$PYTHON" benchmarks/gpu_kernel_check.py | tee "$RESULTS/check.jsonl"
+    timeout 180 "$PYTHON" benchmarks/gpu_kernel_check.py ${CHECKS:-} | tee "$RESULTS/check.jsonl"
     # A kernel that hangs (a barrier never released) would hang every later step too.
     [ "${PIPESTATUS[0]}" = 124 ] && { echo "check timed out: stopping"; exit 4; }
 fi
 step tune && { echo "== tune"; timeout 150 "$PYTHON" benchmarks/gpu_kernel_tune.py | tee "$RESULTS/tune.jsonl"; }
-step bench && { echo "== bench"; timeout 220 "$PYTHON" -c "from contime.cli import app; app()" bench --device cuda --precision --out "$RESULTS/bench.jsonl" ${BENCH_ARGS:-} \
+step bench && { echo "== bench"; timeout 220 "$PYTHON" -c "from contime.cli import app; app()" bench --device cuda --out "$RESULTS/bench.jsonl" ${BENCH_ARGS---precision} \
     | tee "$RESULTS/bench.txt"; }
 step long && { echo "== long"; timeout 100 "$PYTHON" benchmarks/long_sequences.py --device cuda --out "$RESULTS/long.jsonl"; }
 echo "== done"

@@ -79,6 +79,28 @@ def test_triton_kernels_equal_the_loop(config, style, monkeypatch):
     assert all(torch.isfinite(g).all() for g in got)
 
 
+@needs_triton
+@pytest.mark.parametrize("style", ["resident", "chunked"])
+@pytest.mark.parametrize("time", [1, 3])
+def test_triton_kernels_with_a_loss_on_h_only(time, style, monkeypatch):
+    """No gradient flows into the memory outputs (the kernels' HAS_GM=False branch), over one step (the
+    resident backward's prologue alone) and three."""
+    from contime.ops.lmu_cell import core_triton
+    monkeypatch.setattr(core_triton, "DEFAULT_STYLE", style)
+    args32 = make_arguments(time=time, batch=18, D=1, n=12, hidden=20, dtype=torch.float32)
+    args64 = [a.detach().double().requires_grad_() for a in args32]
+
+    def run(fn, args):
+        hs, _ = fn(*args, relu=False)
+        weights = torch.randn(hs.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(hs)
+        grads = torch.autograd.grad((hs * weights).sum(), args)
+        return [hs.detach(), *grads]
+    got = run(lambda *a, relu: lmu_cell_sequence(*a, relu=relu, backend="triton"), args32)
+    ref = run(lmu_cell_naive, args64)
+    errors = relative_errors(got, ref)
+    assert max(errors) < 1e-5, errors  # measured below 1e-6, as above
+
+
 def test_lmu_fused_mode_trains_theta_like_the_loop():
     """The LMU's "fused" mode passes the gradient of theta through the block-diagonal state matrix."""
     lmu = contime.LMU(2, 3, 5, [4.0, 6.0, 9.0], nn.RNNCell(15, 7, nonlinearity="relu"), hidden_to_memory=True,

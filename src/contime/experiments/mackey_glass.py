@@ -85,7 +85,8 @@ class MackeyGlassError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------- models
-def lmu_layer(input_size: int, units: int = LMU_UNITS, order: int = ORDER, theta: float = THETA) -> LMU:
+def lmu_layer(input_size: int, units: int = LMU_UNITS, order: int = ORDER, theta: float = THETA,
+              learn_theta: bool = False) -> LMU:
     """One LMU layer of the paper's Mackey-Glass model: tanh RNN hidden, memory fed by x, h and m.
 
     Initialisation (measured: validation NRMSE of the LMU model after 150 training steps at lr 3e-3, same data,
@@ -97,7 +98,7 @@ def lmu_layer(input_size: int, units: int = LMU_UNITS, order: int = ORDER, theta
     """
     cell = nn.RNNCell(order + input_size, units, bias=False, nonlinearity="tanh")
     layer = LMU(input_size, memory_d=1, order=order, theta=theta, hidden_cell=cell, input_to_hidden=True,
-                hidden_to_memory=True, memory_to_memory=True)
+                hidden_to_memory=True, memory_to_memory=True, trainable_theta=learn_theta)
     with torch.no_grad():
         bound = math.sqrt(3.0 / input_size)
         layer.input_kernel.uniform_(-bound, bound)  # (input_size, 1)
@@ -115,13 +116,13 @@ class StackedForecaster(nn.Module):
     """
 
     def __init__(self, kinds: tuple[str, ...], lmu_units: int = LMU_UNITS, lstm_units: int = LSTM_UNITS,
-                 order: int = ORDER, theta: float = THETA):
+                 order: int = ORDER, theta: float = THETA, learn_theta: bool = False):
         super().__init__()
         layers: list[nn.Module] = []
         size = 1
         for kind in kinds:
             if kind == "lmu":
-                layers.append(lmu_layer(size, lmu_units, order, theta))
+                layers.append(lmu_layer(size, lmu_units, order, theta, learn_theta))
                 size = lmu_units
             elif kind == "lstm":
                 layers.append(nn.LSTM(size, lstm_units, batch_first=True))
@@ -138,11 +139,14 @@ class StackedForecaster(nn.Module):
         return self.readout(x)
 
 
-def build_model(name: str) -> StackedForecaster:
-    """The paper's model ``name`` (one of ``MODELS``)."""
+def build_model(name: str, theta: float = THETA, learn_theta: bool = False) -> StackedForecaster:
+    """The paper's model ``name`` (one of ``MODELS``); ``theta`` and ``learn_theta`` set every LMU layer's
+    window (in steps) and whether backpropagation trains it."""
     if name not in LAYERS:
         raise ValueError(f"model must be one of {list(MODELS)}, got {name!r}")
-    return StackedForecaster(LAYERS[name])
+    if not theta > 0:
+        raise ValueError(f"theta must be positive, got {theta}")
+    return StackedForecaster(LAYERS[name], theta=theta, learn_theta=learn_theta)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -290,8 +294,9 @@ def make_config(quick: bool = False, **overrides: Any) -> dict[str, Any]:
             "epochs": preset["epochs"], "batch_size": preset["batch_size"], "lr": preset["lr"],
             "optimizer": "adam", "schedule": "cosine", "min_lr_ratio": 0.05, "clip_grad_norm": 1.0,
             "max_steps_per_epoch": preset["max_steps_per_epoch"], "lmu": {"units": LMU_UNITS, "order": ORDER,
-                                                                          "theta": THETA, "mode": "recurrent",
-                                                                          "init": LMU_INIT},
+                                                                          "theta": overrides.get("theta") or THETA,
+                                                                          "learn_theta": bool(overrides.get("learn_theta")),
+                                                                          "mode": "auto", "init": LMU_INIT},
             "lstm_units": LSTM_UNITS, "contime_version": __version__}
 
 
@@ -319,7 +324,8 @@ def run_mackey_glass(config: dict[str, Any], *, device: str = "cpu", quiet: bool
     predictions: dict[str, torch.Tensor] = {}
     for name in config["models"]:
         torch.manual_seed(config["seed"])
-        model = build_model(name)
+        lmu = config["lmu"]
+        model = build_model(name, lmu["theta"], lmu.get("learn_theta", False))
         params = count_parameters(model)
         console.print(f"{name}: {params:,} parameters ({' -> '.join(model.kinds)}, readout)")
         train_config = TrainConfig(
@@ -365,6 +371,10 @@ def command(
     max_steps_per_epoch: Optional[int] = typer.Option(None, "--max-steps-per-epoch", min=1,
                                                       help="Cap the optimizer steps of an epoch."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seeds the data, the weights and the batch order."),
+    theta: float = typer.Option(THETA, "--theta", min=1e-6,
+                                help="Every LMU layer's window, in steps (the paper's 4)."),
+    learn_theta: bool = typer.Option(False, "--learn-theta", help="Train each LMU layer's theta by backpropagation "
+                                     "through its discretization (it starts at --theta)."),
     threads: int = typer.Option(1, "--threads", min=0, help="torch CPU threads during the run (0: torch's default). "
                                 "One is fastest here: the per-step tensors are tiny."),
     device: str = typer.Option("cpu", "--device", help="cpu, auto, cuda or cuda:N."),
@@ -376,7 +386,8 @@ def command(
     """Mackey-Glass, 15 steps ahead: LSTM, LMU and hybrid (~18k parameters each); test NRMSE and s/epoch."""
     names = parse_names(models, MODELS)
     config = make_config(quick, models=names, epochs=epochs, batch_size=batch_size, lr=lr, window=window,
-                         burn_in=burn_in, max_steps_per_epoch=max_steps_per_epoch, seed=seed)
+                         burn_in=burn_in, max_steps_per_epoch=max_steps_per_epoch, seed=seed,
+                         theta=theta, learn_theta=learn_theta)
     try:
         TrainConfig(device=device, lr=config["lr"])
     except ValueError as err:
