@@ -20,7 +20,7 @@ from contime.ops.lmu_cell import core_triton  # noqa: E402
 from contime.ops.lmu_memory import toeplitz  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
-INTS = {"T", "B", "HID", "N", "D", "R", "C", "T_PER_SPLIT", "SPLITS"}
+INTS = {"T", "B", "HID", "N", "D", "R", "C", "T_PER_SPLIT"}
 
 
 def compile_kernel(kernel, constexprs: dict) -> None:
@@ -57,12 +57,6 @@ def main(full: bool) -> None:
         for m, n, k, _, _ in toeplitz.ROWS_CONFIGS[:None if full else 1]:
             compile_kernel(toeplitz._toeplitz_forward_rows_kernel,
                            dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k, PRECISION=precision))
-        for m, n, block, _, _ in toeplitz.BLOCKS_CONFIGS[:None if full else 1]:
-            compile_kernel(toeplitz._toeplitz_forward_blocks_kernel,
-                           dict(BLOCK_M=m, BLOCK_N=n, L=block, PRECISION=precision))
-        for m, j, k, block, _, _ in toeplitz.GRAD_BLOCKS_CONFIGS[:None if full else 1]:
-            compile_kernel(toeplitz._toeplitz_grad_u_blocks_kernel,
-                           dict(BLOCK_M=m, BLOCK_J=j, BLOCK_K=k, L=block, PRECISION=precision))
         compile_kernel(toeplitz._toeplitz_forward_kernel, {**toeplitz._FORWARD_BLOCKS, "PRECISION": precision})
         compile_kernel(toeplitz._toeplitz_grad_u_kernel, {**toeplitz._GRAD_BLOCKS, "PRECISION": precision})
 

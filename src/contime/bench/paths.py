@@ -258,15 +258,10 @@ def _toeplitz_builder(precision: str, forward_kernel: str = "rows"):
 
 
 for _precision in ("ieee", "tf32x3", "tf32"):
-    _suffix = "" if _precision == "ieee" else f"-{_precision}"
-    register_path("memory-toeplitz" + _suffix, kind="memory",
-                  description=f"Triton causal Toeplitz product (rows tiling), {_precision} products, all states",
+    register_path("memory-toeplitz" + ("" if _precision == "ieee" else f"-{_precision}"), kind="memory",
+                  description=f"Triton causal Toeplitz product, {_precision} products, all states",
                   reference="memory-fft")(
         _toeplitz_builder(_precision))
-    register_path("memory-toeplitz-blocks" + _suffix, kind="memory",
-                  description=f"Triton block-Toeplitz product, {_precision} products, all states",
-                  reference="memory-fft")(
-        _toeplitz_builder(_precision, "blocks"))
 register_path("memory-toeplitz-columns", kind="memory",
               description="Triton causal Toeplitz product, the other tiling (rows = sequences), all states",
               reference="memory-fft")(

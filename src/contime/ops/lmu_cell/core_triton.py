@@ -188,16 +188,13 @@ def _lmu_cell_backward_kernel(
 
 @triton.jit
 def _lmu_cell_forward_resident_kernel(
-        ux_ptr, xh_ptr, AT_ptr, Bm_ptr, Eh_ptr, Em_ptr, AW_ptr, BW_ptr, Wh_ptr, H_ptr, M_ptr, U_ptr, sync_ptr,
+        ux_ptr, xh_ptr, AT_ptr, Bm_ptr, Eh_ptr, Em_ptr, Wm_ptr, Wh_ptr, H_ptr, M_ptr, U_ptr, sync_ptr,
         T, B, HID, N, D,
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr, HP: tl.constexpr,
         HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr):
     """The forward with each member's weight columns held on chip for the whole sequence: member k owns the
-    k-th chunk of BLOCK_N columns of m and of h (the group has cdiv(max(N, H), BLOCK_N) members).
-
-    One barrier per step: h_t takes m_t through m_t W_m = m_{t-1} (A_T W_m) + u_t (Bm W_m), with AW = A_T W_m
-    ``(N, H)`` and BW = Bm W_m ``(D, H)`` multiplied out once, so m_t and h_t both follow from the previous
-    step's states and no member waits for another's m_t. NP, HP: N and H rounded up to powers of two."""
+    k-th chunk of BLOCK_N columns of m and of h (the group has cdiv(max(N, H), BLOCK_N) members), so a step
+    is three state loads, five products and two barriers. NP, HP: N and H rounded up to powers of two."""
     member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
     rd = tl.arange(0, BLOCK_D)
     rn_all = tl.arange(0, NP)
@@ -205,8 +202,7 @@ def _lmu_cell_forward_resident_kernel(
     cols = member * BLOCK_N + tl.arange(0, BLOCK_N)
     A_cols = _tile(AT_ptr, rn_all, cols, N, N, N)  # (NP, BLOCK_N)
     B_cols = _tile(Bm_ptr, rd, cols, D, N, N)  # (BLOCK_D, BLOCK_N)
-    AW_cols = _tile(AW_ptr, rn_all, cols, N, HID, HID)  # (NP, BLOCK_N)
-    BW_cols = _tile(BW_ptr, rd, cols, D, HID, HID)  # (BLOCK_D, BLOCK_N)
+    Wm_cols = _tile(Wm_ptr, rn_all, cols, N, HID, HID)  # (NP, BLOCK_N)
     Wh_cols = _tile(Wh_ptr, rh_all, cols, HID, HID, HID)  # (HP, BLOCK_N)
     if HAS_EH:
         Eh = _tile(Eh_ptr, rh_all, rd, HID, D, D)  # (HP, BLOCK_D)
@@ -226,38 +222,25 @@ def _lmu_cell_forward_resident_kernel(
         m = tl.dot(m_prev, A_cols, input_precision=PRECISION) + tl.dot(u, B_cols, input_precision=PRECISION)
         _put(M_ptr + (tt + 1) * B * N, m, rb, cols, B, N, N)
         pre = _tile(xh_ptr + tt * B * HID, rb, cols, B, HID, HID) + tl.dot(h_prev, Wh_cols, input_precision=PRECISION)
-        pre += tl.dot(m_prev, AW_cols, input_precision=PRECISION) + tl.dot(u, BW_cols, input_precision=PRECISION)
+        _group_barrier(counter, (2 * t + 1) * SPLIT)  # all of m_t written
+        m_new = _state(M_ptr + (tt + 1) * B * N, rb, rn_all, B, N, N)
+        pre += tl.dot(m_new, Wm_cols, input_precision=PRECISION)
         if RELU:
             h = tl.maximum(pre, 0.0)
         else:
             h = 2.0 * tl.sigmoid(2.0 * pre) - 1.0  # tanh
         _put(H_ptr + (tt + 1) * B * HID, h, rb, cols, B, HID, HID)
-        _group_barrier(counter, (t + 1) * SPLIT)  # all of m_t and h_t written
-
-
-@triton.jit
-def _activation_slope(h, RELU: tl.constexpr):
-    """d act / d pre-activation in terms of the output h = act(pre)."""
-    if RELU:
-        return tl.where(h > 0, 1.0, 0.0)
-    else:
-        return 1.0 - h * h
+        _group_barrier(counter, (2 * t + 2) * SPLIT)  # all of h_t written
 
 
 @triton.jit
 def _lmu_cell_backward_resident_kernel(
-        gh_ptr, gm_ptr, H_ptr, A_ptr, BmT_ptr, EhT_ptr, EmT_ptr, WmT_ptr, WhT_ptr, ABm_ptr, EmBm_ptr, WmBm_ptr,
-        DP_ptr, DM_ptr, DU_ptr, sync_ptr,
+        gh_ptr, gm_ptr, H_ptr, A_ptr, BmT_ptr, EhT_ptr, EmT_ptr, WmT_ptr, WhT_ptr, DP_ptr, DM_ptr, DU_ptr, sync_ptr,
         T, B, HID, N, D,
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr, HP: tl.constexpr,
         HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, HAS_GM: tl.constexpr, RELU: tl.constexpr,
         PRECISION: tl.constexpr):
-    """The backward counterpart of ``_lmu_cell_forward_resident_kernel``, also one barrier per step.
-
-    Step t starts from all of dp_t and dm_{t+1} and computes this member's columns of dm_t and dp_{t-1}. The
-    dp_{t-1} needs du_t = dm_t Bm^T, which every member computes whole from the same inputs:
-    du_t = gm_t Bm^T + dm_{t+1} (A Bm^T) + du_{t+1} (E_m^T Bm^T) + dp_t (W_m^T Bm^T), with ABm ``(N, D)``,
-    EmBm ``(D, D)`` and WmBm ``(H, D)`` multiplied out once."""
+    """The backward counterpart of ``_lmu_cell_forward_resident_kernel``."""
     member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
     rd = tl.arange(0, BLOCK_D)
     rn_all = tl.arange(0, NP)
@@ -266,47 +249,40 @@ def _lmu_cell_backward_resident_kernel(
     WhT_cols = _tile(WhT_ptr, rh_all, cols, HID, HID, HID)  # (HP, BLOCK_N)
     A_cols = _tile(A_ptr, rn_all, cols, N, N, N)  # (NP, BLOCK_N)
     WmT_cols = _tile(WmT_ptr, rh_all, cols, HID, N, N)  # (HP, BLOCK_N)
-    ABm = _tile(ABm_ptr, rn_all, rd, N, D, D)  # (NP, BLOCK_D)
-    WmBm = _tile(WmBm_ptr, rh_all, rd, HID, D, D)  # (HP, BLOCK_D)
-    if HAS_GM:
-        BmT = _tile(BmT_ptr, rn_all, rd, N, D, D)  # (NP, BLOCK_D)
+    BmT = _tile(BmT_ptr, rn_all, rd, N, D, D)  # (NP, BLOCK_D)
     if HAS_EH:
         EhT_cols = _tile(EhT_ptr, rd, cols, D, HID, HID)  # (BLOCK_D, BLOCK_N)
     if HAS_EM:
         EmT_cols = _tile(EmT_ptr, rd, cols, D, N, N)
-        EmBm = _tile(EmBm_ptr, rd, rd, D, D, D)  # (BLOCK_D, BLOCK_D)
-    # dp_{T-1}: nothing flows back from beyond the last step.
-    last = tl.cast(T - 1, tl.int64)
-    dp = _tile(gh_ptr + last * B * HID, rb, cols, B, HID, HID)
-    dp = dp * _activation_slope(_tile(H_ptr + T * B * HID, rb, cols, B, HID, HID), RELU)
-    _put(DP_ptr + last * B * HID, dp, rb, cols, B, HID, HID)
-    _group_barrier(counter, SPLIT)
-    du_later = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)  # du_{t+1}: every member keeps its own copy
+    du_later = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)
     for step in range(T):
         t = T - 1 - step
         tt = tl.cast(t, tl.int64)  # offsets of (T, B, .) buffers can pass 2**31
-        dp_now = _state(DP_ptr + tt * B * HID, rb, rh_all, B, HID, HID)  # (BLOCK_B, HP)
-        dm_next = _state(DM_ptr + (tt + 1) * B * N, rb, rn_all, B, N, N)  # (BLOCK_B, NP)
-        # This member's columns of dm_t = gm_t + dm_{t+1} A + du_{t+1} E_m^T + dp_t W_m^T.
-        dm = tl.dot(dm_next, A_cols, input_precision=PRECISION) + tl.dot(dp_now, WmT_cols, input_precision=PRECISION)
-        du = tl.dot(dm_next, ABm, input_precision=PRECISION) + tl.dot(dp_now, WmBm, input_precision=PRECISION)
+        dp_next = _state(DP_ptr + (tt + 1) * B * HID, rb, rh_all, B, HID, HID)
+        dm_next = _state(DM_ptr + (tt + 1) * B * N, rb, rn_all, B, N, N)
+        dp = _tile(gh_ptr + tt * B * HID, rb, cols, B, HID, HID) + tl.dot(dp_next, WhT_cols, input_precision=PRECISION)
+        if HAS_EH:
+            dp += tl.dot(du_later, EhT_cols, input_precision=PRECISION)
+        h = _tile(H_ptr + (tt + 1) * B * HID, rb, cols, B, HID, HID)
+        if RELU:
+            dp = tl.where(h > 0, dp, 0.0)
+        else:
+            dp = dp * (1.0 - h * h)
+        _put(DP_ptr + tt * B * HID, dp, rb, cols, B, HID, HID)
+        dm = tl.dot(dm_next, A_cols, input_precision=PRECISION)
         if HAS_GM:
             dm += _tile(gm_ptr + tt * B * N, rb, cols, B, N, N)
-            du += tl.dot(_tile(gm_ptr + tt * B * N, rb, rn_all, B, N, N), BmT, input_precision=PRECISION)
         if HAS_EM:
             dm += tl.dot(du_later, EmT_cols, input_precision=PRECISION)
-            du += tl.dot(du_later, EmBm, input_precision=PRECISION)
+        _group_barrier(counter, (2 * step + 1) * SPLIT)  # all of dp_t written
+        dp_now = _state(DP_ptr + tt * B * HID, rb, rh_all, B, HID, HID)
+        dm += tl.dot(dp_now, WmT_cols, input_precision=PRECISION)
         _put(DM_ptr + tt * B * N, dm, rb, cols, B, N, N)
+        _group_barrier(counter, (2 * step + 2) * SPLIT)  # all of dm_t written
+        dm_now = _state(DM_ptr + tt * B * N, rb, rn_all, B, N, N)
+        du = tl.dot(dm_now, BmT, input_precision=PRECISION)
         if member == 0:
             _put(DU_ptr + tt * B * D, du, rb, rd, B, D, D)
-        if t > 0:  # this member's columns of dp_{t-1} = (gh_{t-1} + dp_t W_h^T + du_t E_h^T) * act'(h_{t-1})
-            dp = _tile(gh_ptr + (tt - 1) * B * HID, rb, cols, B, HID, HID)
-            dp += tl.dot(dp_now, WhT_cols, input_precision=PRECISION)
-            if HAS_EH:
-                dp += tl.dot(du, EhT_cols, input_precision=PRECISION)
-            dp = dp * _activation_slope(_tile(H_ptr + tt * B * HID, rb, cols, B, HID, HID), RELU)
-            _put(DP_ptr + (tt - 1) * B * HID, dp, rb, cols, B, HID, HID)
-        _group_barrier(counter, (step + 2) * SPLIT)  # all of dm_t and dp_{t-1} written
         du_later = du
 
 
@@ -322,12 +298,6 @@ DEFAULT_STYLE = "auto"
 
 def _dummy(like: torch.Tensor) -> torch.Tensor:
     return like.new_zeros(1)
-
-
-def _product(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """left @ right for the resident kernels' folded weights, multiplied in float64 (so a global TF32 setting
-    cannot round them) and returned as contiguous float32."""
-    return (left.double() @ right.double()).float().contiguous()
 
 
 def _group_size(batch: int, columns: int, block_n: int, device: torch.device) -> int:
@@ -359,11 +329,9 @@ def _resident_widths(batch: int, N: int, hidden: int, device: torch.device) -> l
 
 
 def _launch(chunked_kernel, resident_kernel, name: str, style: str, sizes: tuple, device: torch.device,
-            chunked_args: dict, resident_args, **kwargs):
-    """``sizes`` = (batch, N, H). Launch the resident kernel where it fits (``style`` "auto" or "resident"), else
-    the chunked one, with ``kwargs`` and that kernel's own arguments: ``chunked_args`` (a dict), or
-    ``resident_args()`` (a function, called only when the resident kernel runs). Behind Triton's autotuner on a
-    GPU (its trial runs reset the barrier counters), plain in the interpreter."""
+            **kwargs):
+    """``sizes`` = (batch, N, H). Launch the resident kernel where it fits (``style`` "auto" or "resident"), else the chunked one; behind
+    Triton's autotuner on a GPU (its trial runs reset the barrier counters), plain in the interpreter."""
     batch, N, hidden = sizes
     style = style or DEFAULT_STYLE
     if style not in STYLES:
@@ -376,11 +344,11 @@ def _launch(chunked_kernel, resident_kernel, name: str, style: str, sizes: tuple
     if widths:
         # At least 16: a tensor-core product needs K >= 16 (the masks zero the padding).
         kernel, extra = resident_kernel, {"NP": max(16, triton.next_power_of_2(N)),
-                                          "HP": max(16, triton.next_power_of_2(hidden)), **resident_args()}
+                                          "HP": max(16, triton.next_power_of_2(hidden))}
         configs = [({"BLOCK_N": n}, w) for n, w in RESIDENT_CONFIGS if n in widths] or [({"BLOCK_N": widths[0]}, 4)]
         grid = lambda meta: (triton.cdiv(max(N, hidden), meta["BLOCK_N"]), groups)  # noqa: E731
     else:
-        kernel, extra = chunked_kernel, chunked_args
+        kernel, extra = chunked_kernel, {}
         configs = [({"BLOCK_K": k, "BLOCK_N": n}, w) for k, n, w in CELL_CONFIGS]
         grid = lambda meta: (_group_size(batch, max(N, hidden), meta["BLOCK_N"], device), groups)  # noqa: E731
     if interpreting():
@@ -410,13 +378,11 @@ def forward_core(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, relu: bool, precis
     H_ext[0], M_ext[0] = h0, m0
     counters = torch.zeros(triton.cdiv(batch, BLOCK_B), dtype=torch.int32, device=ux.device)
     _launch(_lmu_cell_forward_kernel, _lmu_cell_forward_resident_kernel, "forward", style, (batch, N, hidden),
-            ux.device, chunked_args={"Wm_ptr": W_m},
-            resident_args=lambda: {"AW_ptr": _product(A_T, W_m), "BW_ptr": _product(Bm, W_m)},
-            ux_ptr=ux, xh_ptr=xh, AT_ptr=A_T, Bm_ptr=Bm, Eh_ptr=_dummy(ux) if E_h is None else E_h,
-            Em_ptr=_dummy(ux) if E_m is None else E_m, Wh_ptr=W_h, H_ptr=H_ext, M_ptr=M_ext, U_ptr=U,
-            sync_ptr=counters, T=time, B=batch, HID=hidden, N=N, D=D, BLOCK_B=BLOCK_B,
-            BLOCK_D=max(16, triton.next_power_of_2(D)), HAS_EH=E_h is not None, HAS_EM=E_m is not None, RELU=relu,
-            PRECISION=precision)
+            ux.device, ux_ptr=ux, xh_ptr=xh, AT_ptr=A_T, Bm_ptr=Bm, Eh_ptr=_dummy(ux) if E_h is None else E_h,
+        Em_ptr=_dummy(ux) if E_m is None else E_m, Wm_ptr=W_m, Wh_ptr=W_h, H_ptr=H_ext, M_ptr=M_ext, U_ptr=U,
+        sync_ptr=counters, T=time, B=batch, HID=hidden, N=N, D=D, BLOCK_B=BLOCK_B,
+        BLOCK_D=max(16, triton.next_power_of_2(D)), HAS_EH=E_h is not None, HAS_EM=E_m is not None, RELU=relu,
+        PRECISION=precision)
     return H_ext, M_ext, U
 
 
@@ -431,17 +397,13 @@ def backward_core(grad_h, grad_m, H_ext, A_T, Bm, E_h, E_m, W_m, W_h, relu: bool
     DP[time], DM[time], DU[time] = 0, 0, 0  # nothing flows back from beyond the last step
     counters = torch.zeros(triton.cdiv(batch, BLOCK_B), dtype=torch.int32, device=grad_h.device)
     c = lambda x: x.t().contiguous()  # noqa: E731 - the kernels read every matrix row-major
-    dummy = _dummy(grad_h)
     _launch(_lmu_cell_backward_kernel, _lmu_cell_backward_resident_kernel, "backward", style,
-            (batch, N, hidden), grad_h.device, chunked_args={},
-            resident_args=lambda: {"ABm_ptr": _product(Bm, A_T).t().contiguous(),
-                                   "EmBm_ptr": dummy if E_m is None else _product(Bm, E_m).t().contiguous(),
-                                   "WmBm_ptr": _product(Bm, W_m).t().contiguous()},
-            gh_ptr=grad_h, gm_ptr=dummy if grad_m is None else grad_m, H_ptr=H_ext, A_ptr=c(A_T), BmT_ptr=c(Bm),
-            EhT_ptr=dummy if E_h is None else c(E_h), EmT_ptr=dummy if E_m is None else c(E_m), WmT_ptr=c(W_m),
-            WhT_ptr=c(W_h), DP_ptr=DP, DM_ptr=DM, DU_ptr=DU, sync_ptr=counters, T=time, B=batch, HID=hidden, N=N,
-            D=D, BLOCK_B=BLOCK_B, BLOCK_D=max(16, triton.next_power_of_2(D)), HAS_EH=E_h is not None,
-            HAS_EM=E_m is not None, HAS_GM=grad_m is not None, RELU=relu, PRECISION=precision)
+            (batch, N, hidden), grad_h.device, gh_ptr=grad_h, gm_ptr=_dummy(grad_h) if grad_m is None else grad_m, H_ptr=H_ext, A_ptr=c(A_T),
+        BmT_ptr=c(Bm), EhT_ptr=_dummy(grad_h) if E_h is None else c(E_h),
+        EmT_ptr=_dummy(grad_h) if E_m is None else c(E_m), WmT_ptr=c(W_m), WhT_ptr=c(W_h), DP_ptr=DP, DM_ptr=DM,
+        DU_ptr=DU, sync_ptr=counters, T=time, B=batch, HID=hidden, N=N, D=D, BLOCK_B=BLOCK_B,
+        BLOCK_D=max(16, triton.next_power_of_2(D)), HAS_EH=E_h is not None, HAS_EM=E_m is not None,
+        HAS_GM=grad_m is not None, RELU=relu, PRECISION=precision)
     DP, DM, DU = DP[:time], DM[:time], DU[:time]
     # What flows into the initial state, as the torch core's carries.
     grad_h0 = DP[0] @ W_h.t()

@@ -122,96 +122,6 @@ def _toeplitz_grad_u_kernel(g_ptr, k_ptr, out_ptr, R, T, C, D, T_PER_SPLIT,
              mask=row_ok[:, None] & (j < T)[None, :])
 
 
-@triton.jit
-def _toeplitz_forward_blocks_kernel(u_ptr, k_ptr, out_ptr, R, T, C, D,
-                                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, L: tl.constexpr,
-                                    PRECISION: tl.constexpr):
-    """The product as a block-Toeplitz matrix product, with both operands read in contiguous rows.
-
-    Steps are cut into NB blocks of L: t = I L + i, j = (I - k) L + l. Then
-    out[b, I L + i, d, c] = sum_k sum_l u[b, (I - k) L + l, d] K[k L + i - l, c]: a matrix product with rows
-    (I, r), r = b D + d (I-major, so a tile shares I), columns n = i C + c (L C of them) and inner index (k, l).
-    Its first operand is a run of L consecutive steps of u; its second, K_flat[(k L - l) C + n], is row
-    k L + i - l of K: both are contiguous, so loads vectorise. The tiles of the latest blocks (the most work,
-    k <= I) start first.
-    """
-    NB = tl.cdiv(T, L)
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < NB * R
-    rows = rows.to(tl.int64)  # offsets can pass 2**31
-    I = rows // R
-    r = rows % R
-    u_rows = (r // D) * (T * D) + r % D
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < L * C
-    i = n // C
-    l = tl.arange(0, L)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    I_last = tl.minimum((pid_m * BLOCK_M + BLOCK_M - 1) // R, NB - 1)
-    for k in range(0, I_last + 1):
-        source = (I - k)[:, None] * L + l[None, :]  # (BLOCK_M, L)
-        a = tl.load(u_ptr + u_rows[:, None] + source * D, mask=row_ok[:, None] & (I >= k)[:, None] & (source < T),
-                    other=0.0)
-        lag0 = k * L - l  # (L,): the lag of column block i = 0
-        lag = lag0[:, None] + i[None, :]  # (L, BLOCK_N)
-        b = tl.load(k_ptr + lag0[:, None] * C + n[None, :], mask=(lag >= 0) & (lag < T) & n_ok[None, :], other=0.0)
-        acc += tl.dot(a, b, input_precision=PRECISION)
-    t = I[:, None] * L + i[None, :]  # (BLOCK_M, BLOCK_N)
-    c = n % C
-    out_rows = (r // D) * (T * D * C) + (r % D) * C
-    tl.store(out_ptr + out_rows[:, None] + t * (D * C) + c[None, :], acc,
-             mask=row_ok[:, None] & n_ok[None, :] & (t < T))
-
-
-@triton.jit
-def _toeplitz_grad_u_blocks_kernel(g_ptr, k_ptr, out_ptr, R, T, C, D, SPLITS,
-                                   BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
-                                   L: tl.constexpr, PRECISION: tl.constexpr):
-    """partial[split, r, j] = sum over this split's blocks I of sum_{i, c} g[b, I L + i, d, c] K[I L + i - j, c].
-
-    Rows r = b D + d, columns the source steps j, inner index (I, n = i C + c): the first operand is a
-    contiguous run of g, the second K_flat[(I L - j) C + n], contiguous along n. The blocks I >= j // L that
-    a column tile needs are shared out evenly among SPLITS programs; their partial sums are added afterwards.
-    """
-    NB = tl.cdiv(T, L)
-    pid_m = tl.program_id(0)
-    pid_j = tl.program_id(1)
-    split = tl.program_id(2)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < R
-    rows = rows.to(tl.int64)  # offsets can pass 2**31
-    g_rows = (rows // D) * (T * D * C) + (rows % D) * C
-    j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
-    j_ok = j < T
-    first = (pid_j * BLOCK_J) // L  # blocks before this one hold no step t >= j
-    per_split = tl.cdiv(NB - first, SPLITS)
-    start = first + split * per_split
-    stop = tl.minimum(start + per_split, NB)
-    kk = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, BLOCK_J), dtype=tl.float32)
-    for I in range(start, stop):
-        for n0 in range(0, L * C, BLOCK_K):
-            n = n0 + kk
-            t = I * L + n // C  # (BLOCK_K,)
-            ok = (n < L * C) & (t < T)
-            a = tl.load(g_ptr + g_rows[:, None] + (t.to(tl.int64) * (D * C) + n % C)[None, :],
-                        mask=row_ok[:, None] & ok[None, :], other=0.0)
-            lag = t[:, None] - j[None, :]  # (BLOCK_K, BLOCK_J)
-            b = tl.load(k_ptr + (I * L - j)[None, :] * C + n[:, None], mask=(lag >= 0) & ok[:, None] & j_ok[None, :],
-                        other=0.0)
-            acc += tl.dot(a, b, input_precision=PRECISION)
-    tl.store(out_ptr + split.to(tl.int64) * R * T + rows[:, None] * T + j[None, :], acc,
-             mask=row_ok[:, None] & j_ok[None, :])
-
-
-# Tiles of the "blocks" kernels tried by the autotuner on a GPU; the interpreter takes the first.
-BLOCKS_CONFIGS = [(128, 128, 32, 8, 3), (128, 256, 32, 8, 3), (64, 128, 32, 4, 3), (128, 128, 64, 8, 2)]  # M, N, L
-GRAD_BLOCKS_CONFIGS = [(64, 64, 64, 32, 4, 3), (128, 64, 64, 32, 8, 3), (64, 128, 32, 32, 4, 3),
-                       (128, 64, 64, 64, 8, 2)]  # M, J, K, L, warps, stages
-
-
 _FORWARD_BLOCKS = dict(BLOCK_M=64, BLOCK_T=4, BLOCK_C=32, BLOCK_K=32)
 # Tiles of the "rows" forward tried by the autotuner on a GPU: BLOCK_M, BLOCK_N, BLOCK_K, warps, stages.
 ROWS_CONFIGS = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (128, 256, 32, 8, 3),
@@ -219,49 +129,21 @@ ROWS_CONFIGS = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3), 
 _TUNED: dict = {}
 
 
-def _tuned(name: str, kernel, configs: list, key: list[str]):
-    """``kernel`` behind Triton's autotuner on a GPU, over ``configs`` ((meta, warps, stages) each); the first
-    config in the interpreter. Returns ``launch(grid, **arguments)``. The batch (R) stays out of ``key``: a new
-    batch size would retune every tile."""
-    if interpreting():
-        meta, warps, stages = configs[0]
-        return lambda grid, **kw: kernel[grid](**meta, num_warps=warps, num_stages=stages, **kw)
-    if name not in _TUNED:
-        _TUNED[name] = triton.autotune(
-            configs=[triton.Config(meta, num_warps=w, num_stages=st) for meta, w, st in configs], key=key)(kernel)
-    tuned = _TUNED[name]
-    return lambda grid, **kw: tuned[grid](**kw)
-
-
 def _rows_launcher():
-    return _tuned("rows", _toeplitz_forward_rows_kernel,
-                  [({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, w, st) for m, n, k, w, st in ROWS_CONFIGS],
-                  ["T", "C", "D", "PRECISION"])
-
-
-def _blocks_launcher():
-    return _tuned("blocks", _toeplitz_forward_blocks_kernel,
-                  [({"BLOCK_M": m, "BLOCK_N": n, "L": block}, w, st) for m, n, block, w, st in BLOCKS_CONFIGS],
-                  ["T", "C", "D", "PRECISION"])
-
-
-def _grad_blocks_launcher():
-    return _tuned("grad_blocks", _toeplitz_grad_u_blocks_kernel,
-                  [({"BLOCK_M": m, "BLOCK_J": j, "BLOCK_K": k, "L": block}, w, st)
-                   for m, j, k, block, w, st in GRAD_BLOCKS_CONFIGS], ["T", "C", "D", "SPLITS", "PRECISION"])
-
-
-def _grad_splits(rows: int, time: int, device: torch.device) -> int:
-    """Programs sharing each column tile's blocks in the "blocks" gradient: enough for about four programs per
-    SM at 64 x 64 tiles, at most one per block of 32 steps; 2 in the interpreter (so the tests cover the split)."""
-    if interpreting() or device.type != "cuda":
-        return 2
-    tiles = triton.cdiv(rows, 64) * triton.cdiv(time, 64)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(triton.cdiv(4 * sms, tiles), triton.cdiv(time, 32)))
-
-
-FORWARD_KERNELS = ("blocks", "rows", "columns")
+    """The "rows" forward behind Triton's autotuner on a GPU; the first tile in the interpreter."""
+    if interpreting():
+        m, n, k, warps, stages = ROWS_CONFIGS[0]
+        return lambda grid, **kw: _toeplitz_forward_rows_kernel[grid](BLOCK_M=m, BLOCK_N=n, BLOCK_K=k,
+                                                                      num_warps=warps, num_stages=stages, **kw)
+    if "rows" not in _TUNED:
+        configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
+                   for m, n, k, w, st in ROWS_CONFIGS]
+        # The batch (R) is left out of the key: a new batch size would retune every tile.
+        _TUNED["rows"] = triton.autotune(configs=configs, key=["T", "C", "D", "PRECISION"])(
+            _toeplitz_forward_rows_kernel)
+    tuned = _TUNED["rows"]
+    return lambda grid, **kw: tuned[grid](**kw)
+FORWARD_KERNELS = ("rows", "columns")
 _GRAD_BLOCKS = dict(BLOCK_M=64, BLOCK_J=64, BLOCK_T=2, BLOCK_C=32)
 
 
@@ -288,12 +170,7 @@ class _CausalToeplitz(torch.autograd.Function):
         C = kernel.shape[1]
         u, kernel = u.contiguous(), kernel.contiguous()
         out = u.new_empty(batch, time, D, C)
-        if forward_kernel == "blocks":
-            grid = lambda meta: (triton.cdiv(triton.cdiv(time, meta["L"]) * batch * D, meta["BLOCK_M"]),  # noqa: E731
-                                 triton.cdiv(meta["L"] * C, meta["BLOCK_N"]))
-            _blocks_launcher()(grid, u_ptr=u, k_ptr=kernel, out_ptr=out, R=batch * D, T=time, C=C, D=D,
-                               PRECISION=precision)
-        elif forward_kernel == "rows":
+        if forward_kernel == "rows":
             grid = lambda meta: (triton.cdiv(time, meta["BLOCK_M"]), triton.cdiv(C, meta["BLOCK_N"]),  # noqa: E731
                                  batch * D)
             _rows_launcher()(grid, u_ptr=u, k_ptr=kernel, out_ptr=out, R=batch * D, T=time, C=C, D=D,
@@ -304,7 +181,7 @@ class _CausalToeplitz(torch.autograd.Function):
                     triton.cdiv(time, blocks["BLOCK_T"]) * triton.cdiv(C, blocks["BLOCK_C"]))
             _toeplitz_forward_kernel[grid](u, kernel, out, batch * D, time, C, D, **blocks, PRECISION=precision)
         ctx.save_for_backward(u, kernel)
-        ctx.precision, ctx.forward_kernel = precision, forward_kernel
+        ctx.precision = precision
         return out
 
     @staticmethod
@@ -322,15 +199,7 @@ class _CausalToeplitz(torch.autograd.Function):
         C = kernel.shape[1]
         grad = grad.contiguous()
         grad_u = grad_kernel = None
-        if ctx.needs_input_grad[0] and ctx.forward_kernel == "blocks":
-            rows = batch * D
-            splits = _grad_splits(rows, time, u.device)
-            partial = u.new_empty(splits, rows, time)
-            grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(time, meta["BLOCK_J"]), splits)  # noqa: E731
-            _grad_blocks_launcher()(grid, g_ptr=grad, k_ptr=kernel, out_ptr=partial, R=rows, T=time, C=C, D=D,
-                                    SPLITS=splits, PRECISION=ctx.precision)
-            grad_u = partial.sum(0).view(batch, D, time).transpose(1, 2)
-        elif ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0]:
             blocks = _GRAD_BLOCKS
             rows = batch * D
             tiles = triton.cdiv(rows, blocks["BLOCK_M"]) * triton.cdiv(time, blocks["BLOCK_J"])
@@ -349,16 +218,15 @@ class _CausalToeplitz(torch.autograd.Function):
 
 
 def causal_toeplitz(u: torch.Tensor, kernel: torch.Tensor, precision: str = "ieee",
-                    forward_kernel: str = "blocks") -> torch.Tensor:
+                    forward_kernel: str = "rows") -> torch.Tensor:
     """out[b, t, d, c] = sum_{j <= t} u[b, j, d] kernel[t - j, c].
 
     Args:
         u: ``(batch, time, D)`` float32; kernel: ``(time, C)`` float32, on the same device (CUDA, or any under
             ``TRITON_INTERPRET=1``).
         precision: "ieee", "tf32x3" or "tf32".
-        forward_kernel: "blocks" (a block-Toeplitz product whose operands are read in contiguous runs, with its
-            own gradient kernel; the default), "rows" (rows are (sequence, step)) or "columns" (rows are
-            sequences, columns (step, channel)): tilings of the same product.
+        forward_kernel: "rows" (rows are (sequence, step); the default) or "columns" (rows are sequences,
+            columns (step, channel)): two tilings of the same product.
 
     Returns:
         ``(batch, time, D, C)``.
@@ -380,7 +248,7 @@ def causal_toeplitz(u: torch.Tensor, kernel: torch.Tensor, precision: str = "iee
 
 def linear_memory_toeplitz(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor,
                            m0: torch.Tensor | None = None, *, impulse: torch.Tensor | None = None,
-                           precision: str = "ieee", forward_kernel: str = "blocks") -> torch.Tensor:
+                           precision: str = "ieee", forward_kernel: str = "rows") -> torch.Tensor:
     """The memory of every step as one Triton Toeplitz product. Shapes as in the package docstring; A_bar
     must be shared (k = 1): per-dimension thetas have one impulse response each (use ``linear_memory_fft``)."""
     if A_bar.shape[0] != 1:
