@@ -109,3 +109,20 @@ def test_weighted_mse_uses_the_weight_channel():
     target = torch.tensor([[[0.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])  # the first step is not scored
     assert mg.weighted_mse(pred, target).item() == pytest.approx((4.0 + 16.0) / 2)
     assert mg.weighted_mse(pred, target[..., :1]).item() == pytest.approx((1.0 + 4.0 + 16.0) / 3)
+
+
+def test_theta_options_reach_every_lmu_layer(tmp_path):
+    model = mg.build_model("hybrid", theta=12.0, learn_theta=True)
+    lmus = [layer for layer in model.layers if hasattr(layer, "theta")]
+    assert len(lmus) == 2 and all(float(l.theta) == 12.0 and l.theta.requires_grad for l in lmus)
+    assert count_parameters(model) == 21_826 + 2  # one trained theta per LMU layer
+    with pytest.raises(ValueError, match="theta"):
+        mg.build_model("LMU", theta=0.0)
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["run", "mackey-glass", "--quick", "--quiet", "--models", "LMU", "--theta", "6",
+                                      "--learn-theta", "--out-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    config = json.loads(next(out.glob("mackey-glass/*/config.json")).read_text())
+    assert config["lmu"]["theta"] == 6.0 and config["lmu"]["learn_theta"] is True
+    result = CliRunner().invoke(app, ["run", "mackey-glass", "--quick", "--theta", "-1", "--out-dir", str(out)])
+    assert result.exit_code != 0 and "--theta" in result.output

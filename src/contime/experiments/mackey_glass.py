@@ -12,14 +12,15 @@ Models (about 18k parameters, as in the paper; the exact counts are printed and 
     LMU     4 stacked ``contime.LMU`` layers, each 49 tanh units (``nn.RNNCell`` without bias, as the original cell
             has none), one memory dimension of order 4 and theta 4, fed by x, h and m (input_to_hidden,
             hidden_to_memory, memory_to_memory), and a linear readout: 4 x (encoders + kernels) + 50 = 18,050.
-            The memory depends on h, so only the "recurrent" mode applies.
+            The memory depends on h; the layers run in mode "auto", which picks the fused cell (on the CPU its
+            torch twin: measured 6.4x faster per epoch than the loop). ``--theta`` sets every layer's window,
+            ``--learn-theta`` trains it (one more parameter per layer).
     hybrid  LMU, LSTM, LMU, LSTM (same layers), a linear readout: 21,826. The 49-wide LMU outputs feed the LSTM
             gates (4 x 25 x 49 weights each), so the hybrid is about 20% larger than the other two.
 
-Training (read this before comparing with the paper). A 4-layer recurrent-mode LMU is a Python loop over steps;
+Training (read this before comparing with the paper). A 4-layer LMU steps through time one step after another;
 a full 4,985-step sequence is 20,000 layer-steps, each forward and backward, so gradient steps on whole series
-would allow only a few dozen updates in the 15-minute budget on two CPU cores. Instead, truncated backpropagation
-on windows:
+would allow few updates on two CPU cores. Instead, truncated backpropagation on windows:
     * training samples are windows of ``burn_in + window`` = 64 + 256 steps, starting every 256 steps of the 58
       training series (19 per series, 1,102 in all; the last 57 steps of each series are not used). Each window
       starts from a zero state. Its first 64 steps only warm the state up and are not scored, except in the first
@@ -37,13 +38,14 @@ So the models never see a gradient through more than 320 steps. With theta = 4 a
 history is short (tau = 17 sets the dynamics' memory), and the evaluation on full series checks that the models
 run stably far past the training window.
 
-    contime run mackey-glass            # the full run: 9 minutes on 2 shared CPU cores (one torch thread)
-    contime run mackey-glass --quick    # the same code on a tiny task, seconds
+    contime run mackey-glass                                  # the paper's models, 20 epochs (one torch thread)
+    contime run mackey-glass --lr 1e-3 --epochs 200 --seed 1  # longer training: LSTM 2.3 s/epoch, LMU 3.4 s/epoch
+    contime run mackey-glass --quick                          # the same code on a tiny task, seconds
 
 The reference NRMSEs are the authors' corrected rerun (LSTM 5.872%, LMU 4.873%, hybrid 4.473%); they are shown
-beside the measured ones. The target of a full run: LMU < LSTM and hybrid <= LMU. Measured with the defaults
-(seed 0): LSTM 3.53%, LMU 5.23%, hybrid 3.12%, so hybrid <= LMU holds and LMU < LSTM does not (by 1.7 points);
-with ``--epochs 30``: 2.99%, 7.90%, 2.64% (the LMU's validation curve plateaus for several epochs in that run).
+beside the measured ones. The target of a full run: LMU < LSTM and hybrid <= LMU. The README's results table has
+the measured figures: with longer training (lr 1e-3, 200 epochs) both models reach far lower errors than the
+paper's, and the LSTM stays ahead of the LMU in every seed measured, while the hybrid beats both.
 """
 
 from __future__ import annotations
