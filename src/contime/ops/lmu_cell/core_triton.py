@@ -18,6 +18,12 @@ equations. ``precision`` is Triton's ``input_precision`` of every product: "ieee
 (three tf32 products, near float32) or "tf32" (one; its ~1e-3 error per product compounds through the
 recurrence: measured 15-24% relative error after 784 steps on an H100, so it is for experiments only).
 
+Tried and measured slower (H100, runs 7-9 of ``benchmarks/measured/issue6_h100``): one barrier per step, with
+h_t computed from m_{t-1} (A_T W_m) + u_t (Bm W_m) so that m_t and h_t need only the previous step. The resident
+forward then compiled to 32 registers with kilobytes of spills (one loaded state feeding several products kept
+their converted copies alive together); with separate loads it compiled without spills for some tiles but still
+ran 33 ms against these kernels' 15 ms (forward, h2m cell, psMNIST shape).
+
 Under ``TRITON_INTERPRET=1`` the same kernels run on the CPU with numpy (programs one after another, so only
 with SPLIT = 1, where the barrier never waits), which is how the tests check them.
 """
