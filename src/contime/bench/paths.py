@@ -268,6 +268,25 @@ register_path("memory-toeplitz-columns", kind="memory",
     _toeplitz_builder("ieee", "columns"))
 
 
+def _block_gemm_builder(precision: str):
+    def build(shape, device, dtype):
+        if precision == "tf32" and device.type != "cuda":
+            raise PathUnavailable("tf32 applies to cuBLAS on CUDA only")
+        from ..ops.lmu_memory.block_gemm import linear_memory_block_gemm
+        s = memory_system(shape, device, dtype)
+        return memory_case(shape, device, dtype, lambda u: linear_memory_block_gemm(
+            u, s.A_bar, s.B_bar, impulse=s.H, precision=precision))
+    return build
+
+
+register_path("memory-blockgemm", kind="memory", reference="memory-fft",
+              description="block-Toeplitz memory as one dense matrix product (cuBLAS / MKL), all states")(
+    _block_gemm_builder("ieee"))
+register_path("memory-blockgemm-tf32", kind="memory", reference="memory-fft",
+              description="the same with cuBLAS's TF32 tensor cores, all states")(
+    _block_gemm_builder("tf32"))
+
+
 # --------------------------------------------------------------------------------------------------- LMU cells
 # LMU keyword arguments per configuration; every one has an nn.RNNCell hidden cell and returns the last output.
 LMU_CONFIGS: dict[str, dict[str, Any]] = {

@@ -10,18 +10,20 @@ and return the memory for every step, (batch, time, D, n), except ``final`` and 
 ``final_chunked`` (memory independent of the length), which return (batch, D, n), and
 ``projected_memory_fft``, which returns W m_t, (batch, time, G), without forming m.
 
-``naive`` is the reference loop; every other path is tested against it.
+``naive`` is the reference loop; every other path is tested against it. ``block_gemm`` computes the same
+convolution as one dense matrix product (fast where a GEMM library is; see its docstring).
 
 ``varying`` holds the time-varying memory of irregularly sampled series (a step length per sample), where
 A_bar and B_bar are indexed per (batch, step); see its docstring.
 """
 
+from .block_gemm import linear_memory_block_gemm
 from .conv import linear_memory_conv
 from .fft import linear_memory_fft, projected_memory_fft
 from .final import linear_memory_final, linear_memory_final_chunked
 from .naive import linear_memory_naive
 from .varying import StepMatrices, apply_step_matrices, linear_memory_varying, linear_memory_varying_naive
 
-__all__ = ["linear_memory_naive", "linear_memory_fft", "linear_memory_conv", "linear_memory_final",
+__all__ = ["linear_memory_naive", "linear_memory_fft", "linear_memory_block_gemm", "linear_memory_conv", "linear_memory_final",
            "linear_memory_final_chunked", "projected_memory_fft", "linear_memory_varying",
            "linear_memory_varying_naive", "apply_step_matrices", "StepMatrices"]

@@ -111,3 +111,21 @@ def projected_memory_fft(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tens
     if m0 is not None:
         out = out + torch.einsum("btdn,gdn->btg", zero_input_response(A_bar, m0, time), weight)
     return out
+
+
+def toeplitz_kernel_gradient(grad: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The gradient of a causal Toeplitz product out[b, t, d, c] = sum_{j <= t} u[b, j, d] K[t - j, c] with
+    respect to its kernel, by FFT: d loss / d K[s, c] = sum_{b, d, t} g[b, t, d, c] u[b, t - s, d].
+
+    Args:
+        grad: ``(B, T, D, C)``; u: ``(B, T, D)``.
+
+    Returns:
+        ``(T, C)``.
+    """
+    time = u.shape[1]
+    n_fft = fft_length(2 * time - 1)
+    G = torch.fft.rfft(grad, n=n_fft, dim=1)  # (B, F, D, C)
+    U = torch.fft.rfft(u, n=n_fft, dim=1)  # (B, F, D)
+    spectrum = torch.einsum("bfdc,bfd->fc", G, U.conj())
+    return torch.fft.irfft(spectrum, n=n_fft, dim=0)[:time]

@@ -26,7 +26,7 @@ from ...legendre import impulse_response
 from ..triton_env import interpreting
 from .common import zero_input_response
 from .dispatch import MAX_ROWS
-from .fft import fft_length
+from .fft import toeplitz_kernel_gradient
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
 
@@ -147,16 +147,6 @@ FORWARD_KERNELS = ("rows", "columns")
 _GRAD_BLOCKS = dict(BLOCK_M=64, BLOCK_J=64, BLOCK_T=2, BLOCK_C=32)
 
 
-def _grad_kernel_fft(grad: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """d loss / d K[s, c] = sum_{b, d, t} g[b, t, d, c] u[b, t - s, d], by FFT. grad (B, T, D, C), u (B, T, D)."""
-    time = u.shape[1]
-    n_fft = fft_length(2 * time - 1)
-    G = torch.fft.rfft(grad, n=n_fft, dim=1)  # (B, F, D, C)
-    U = torch.fft.rfft(u, n=n_fft, dim=1)  # (B, F, D)
-    spectrum = torch.einsum("bfdc,bfd->fc", G, U.conj())
-    return torch.fft.irfft(spectrum, n=n_fft, dim=0)[:time]
-
-
 class _CausalToeplitz(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, kernel, precision, forward_kernel):
@@ -213,7 +203,7 @@ class _CausalToeplitz(torch.autograd.Function):
                                           PRECISION=ctx.precision)
             grad_u = partial.sum(0).view(batch, D, time).transpose(1, 2)
         if ctx.needs_input_grad[1]:
-            grad_kernel = _grad_kernel_fft(grad, u)
+            grad_kernel = toeplitz_kernel_gradient(grad, u)
         return grad_u, grad_kernel, None, None
 
 

@@ -1,0 +1,76 @@
+"""The block-GEMM memory (contime.ops.lmu_memory.block_gemm): plain torch ops, so checked on the CPU in float64
+against the reference loop, with its gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from contime.legendre import discretize, impulse_response
+from contime.ops.lmu_memory import linear_memory_fft, linear_memory_naive
+from contime.ops.lmu_memory.block_gemm import block_gemm_toeplitz, block_length, linear_memory_block_gemm
+
+
+def system(order, theta):
+    return discretize(order, torch.tensor([float(theta)], dtype=torch.float64), 1.0, "zoh")
+
+
+@pytest.mark.parametrize("batch,time,dims,order,block", [
+    (3, 37, 1, 8, None),  # L = 32 with a padded last block
+    (4, 21, 2, 5, 4),  # several dimensions, padding
+    (2, 64, 3, 6, 16),  # no padding
+    (2, 10, 1, 3, 1),  # blocks of one step
+    (2, 7, 1, 3, 32),  # one block longer than the sequence
+])
+def test_block_gemm_memory_equals_the_loop(batch, time, dims, order, block):
+    A, B = system(order, time / 2)
+    u = torch.randn(batch, time, dims, dtype=torch.float64, requires_grad=True)
+    H = impulse_response(A, B, time).requires_grad_()
+    m0 = torch.randn(batch, dims, order, dtype=torch.float64, requires_grad=True)
+    m = linear_memory_block_gemm(u, A, B, m0, impulse=H, block=block)
+    weight = torch.randn_like(m)
+    grads = torch.autograd.grad((m * weight).sum(), [u, H, m0])
+
+    u_ref, m0_ref = u.detach().clone().requires_grad_(), m0.detach().clone().requires_grad_()
+    ref = linear_memory_naive(u_ref, A, B, m0_ref)
+    ref_grads = torch.autograd.grad((ref * weight).sum(), [u_ref, m0_ref])
+    H_ref = H.detach().clone().requires_grad_()  # d/dH through the FFT path, exact in float64
+    ref_H = torch.autograd.grad((linear_memory_fft(u.detach(), A, B, impulse=H_ref) * weight).sum(), H_ref)[0]
+    assert m.shape == ref.shape
+    torch.testing.assert_close(m, ref, atol=1e-12, rtol=1e-10)  # measured ~1e-15
+    torch.testing.assert_close(grads[0], ref_grads[0], atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(grads[1], ref_H, atol=1e-11, rtol=1e-10)
+    torch.testing.assert_close(grads[2], ref_grads[1], atol=1e-12, rtol=1e-10)
+
+
+def test_block_gemm_in_float32():
+    A, B = system(16, 100)
+    u = torch.randn(5, 200, 1)
+    m = linear_memory_block_gemm(u, A.float(), B.float())
+    ref = linear_memory_naive(u.double(), A, B)
+    assert float((m.double() - ref).norm() / ref.norm()) < 1e-5  # measured ~3e-7
+
+
+def test_block_length_prefers_a_divisor_near_32():
+    assert block_length(784) == 28 and block_length(64) == 32 and block_length(96) == 32
+    assert block_length(37) == 37 and block_length(1009) == 32  # a prime: padding
+
+
+def test_tf32_setting_is_restored():
+    before = torch.backends.cuda.matmul.allow_tf32
+    block_gemm_toeplitz(torch.randn(2, 9, 1), torch.randn(9, 3), precision="tf32")
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="precision"):
+        block_gemm_toeplitz(torch.randn(2, 5, 1), torch.randn(5, 3), precision="tf32x3")
+    with pytest.raises(ValueError, match="kernel"):
+        block_gemm_toeplitz(torch.randn(2, 5, 1), torch.randn(4, 3))
+    with pytest.raises(ValueError, match="dtype"):
+        block_gemm_toeplitz(torch.randn(2, 5, 1), torch.randn(5, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="block"):
+        block_gemm_toeplitz(torch.randn(2, 5, 1), torch.randn(5, 3), block=0)
+    A, B = discretize(4, torch.tensor([3.0, 5.0], dtype=torch.float64), 1.0, "zoh")
+    with pytest.raises(ValueError, match="k = 2"):
+        linear_memory_block_gemm(torch.randn(2, 5, 2, dtype=torch.float64), A, B)
