@@ -24,6 +24,7 @@ error; on the CPU it changes nothing).
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -51,6 +52,7 @@ def _matmul_precision(precision: str):
         torch.backends.cuda.matmul.allow_tf32 = previous
 
 
+@functools.lru_cache(maxsize=32)  # built once per shape: a handful of tiny kernels per call would cost as much as the GEMM
 def _source_index(blocks: int, L: int, device: torch.device) -> torch.Tensor:
     """``(NB, NB L)``: the padded step read by U_blocks[(., I), (k, l')], or NB L (a zero) where k > I."""
     I = torch.arange(blocks, device=device)[:, None, None]
@@ -60,6 +62,7 @@ def _source_index(blocks: int, L: int, device: torch.device) -> torch.Tensor:
     return torch.where(k <= I, source, blocks * L).reshape(blocks, blocks * L)
 
 
+@functools.lru_cache(maxsize=32)
 def _diagonal_index(blocks: int, L: int, device: torch.device) -> torch.Tensor:
     """``(NB L, NB)``: for source step s = p L + L - 1 - l', the entries (I = k + p, k, l') of a flattened
     ``(NB, NB L)`` gradient of U_blocks that read it, or NB NB L (a zero) where k + p >= NB."""
