@@ -85,7 +85,8 @@ def assert_params_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]):
     ("optimizer", "sgd"), ("weight_decay", -0.1), ("betas", (0.9, 1.0)), ("eps", 0.0), ("schedule", "linear"),
     ("warmup_steps", -1), ("min_lr_ratio", 1.5), ("clip_grad_norm", 0.0), ("seed", -1), ("checkpoint_every", -5),
     ("quiet", "yes"), ("device", "tpu"), ("max_steps_per_epoch", 0), ("eval_batch_size", 0), ("autocast", "fp8"),
-    ("num_workers", -1), ("drop_last", 1),
+    ("num_workers", -1), ("drop_last", 1), ("lr_multipliers", {"theta": 0.0}), ("lr_multipliers", {"": 2.0}),
+    ("lr_multipliers", [("theta", 2.0)]),
 ], ids=lambda v: str(v))
 def test_bad_config_value_raises_value_error_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -93,7 +94,8 @@ def test_bad_config_value_raises_value_error_naming_the_field(field, value):
 
 
 def test_config_json_round_trip():
-    config = TrainConfig(epochs=3, optimizer="adamw", schedule="cosine", clip_grad_norm=1.0, autocast="bf16")
+    config = TrainConfig(epochs=3, optimizer="adamw", schedule="cosine", clip_grad_norm=1.0, autocast="bf16",
+                         lr_multipliers={"theta": 30})
     data = json.loads(json.dumps(config.to_dict()))
     assert TrainConfig.from_dict(data) == config
     with pytest.raises(ValueError, match="unknown"):
@@ -191,6 +193,22 @@ def test_evaluate_and_predict_on_their_own():
 
 
 # ------------------------------------------------------------------------------------------ training
+def test_lr_multipliers_scale_a_parameter_group(tmp_path):
+    """Adam's first step moves every parameter by about its group's learning rate: the suffix-matched one
+    (``0.bias``) by ``lr * 50``, the others by ``lr``; a suffix that matches nothing is refused."""
+    train, _, _ = splits()
+    model = mlp()
+    before = params_of(model)
+    config = TrainConfig(epochs=1, batch_size=16, lr=1e-4, quiet=True, device="cpu", max_steps_per_epoch=1,
+                         lr_multipliers={"0.bias": 50.0})
+    Trainer(model, config, train, run_dir=tmp_path / "a", console=quiet_console()).fit()
+    moved = {name: float((p.detach() - before[name]).abs().max()) for name, p in model.named_parameters()}
+    assert moved["0.bias"] == pytest.approx(50e-4, rel=0.05)
+    assert all(value == pytest.approx(1e-4, rel=0.05) for name, value in moved.items() if name != "0.bias")
+    with pytest.raises(ValueError, match="match no trainable"):
+        Trainer(mlp(), TrainConfig(device="cpu", lr_multipliers={"theta": 2.0}), train, run_dir=tmp_path / "b")
+
+
 def test_learns_and_writes_run_files(tmp_path):
     train, val, test = splits()
     config = TrainConfig(epochs=4, batch_size=16, lr=1e-2, schedule="cosine", warmup_steps=3, clip_grad_norm=1.0,

@@ -61,6 +61,8 @@ class TrainConfig:
         num_workers: DataLoader worker processes for a ``Dataset`` (tensors are indexed directly).
         time_budget: seconds of training and validation after which no new epoch starts (the epoch under way
             finishes; the result records the epochs done), or None.
+        lr_multipliers: ``{name suffix: factor}``: parameters whose name ends with a suffix (e.g. "theta")
+            train at ``factor`` times the scheduled learning rate, in their own optimizer group; None: one group.
     """
 
     epochs: int = 10
@@ -84,6 +86,7 @@ class TrainConfig:
     autocast: str | None = None
     num_workers: int = 0
     time_budget: float | None = None
+    lr_multipliers: dict[str, float] | None = None
 
     def __post_init__(self):
         def need_int(name: str, low: int, allow_none: bool = False):
@@ -152,6 +155,13 @@ class TrainConfig:
         need_int("num_workers", 0)
         if self.time_budget is not None and not (_is_number(self.time_budget) and self.time_budget >= 0):
             raise ValueError(f"time_budget must be a number >= 0 or None, got {self.time_budget!r}")
+        multipliers = self.lr_multipliers
+        if multipliers is not None:
+            if not isinstance(multipliers, dict) or not all(
+                    isinstance(k, str) and k and _is_number(v) and math.isfinite(v) and v > 0
+                    for k, v in multipliers.items()):
+                raise ValueError(f"lr_multipliers must map name suffixes to positive numbers, got {multipliers!r}")
+            object.__setattr__(self, "lr_multipliers", {k: float(v) for k, v in multipliers.items()})
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``betas`` as a list)."""

@@ -61,6 +61,23 @@ CONFIG_FILE = "config.json"
 HISTORY_PNG = "history.png"
 
 
+def parameter_groups(named: list[tuple[str, nn.Parameter]], multipliers: dict[str, float] | None) -> list[dict]:
+    """Optimizer groups: parameters whose name ends with a suffix of ``multipliers`` get a group with that
+    ``lr_multiplier`` (the first matching suffix wins), the rest one group with multiplier 1. A suffix that
+    matches nothing is an error, so a typo cannot silently train at the wrong rate."""
+    multipliers = multipliers or {}
+    groups = {suffix: [] for suffix in multipliers}
+    rest = []
+    for name, param in named:
+        suffix = next((s for s in multipliers if name.endswith(s)), None)
+        (groups[suffix] if suffix is not None else rest).append(param)
+    unmatched = [suffix for suffix, params in groups.items() if not params]
+    if unmatched:
+        raise ValueError(f"lr_multipliers {unmatched} match no trainable parameter name")
+    out = [{"params": rest, "lr_multiplier": 1.0}] if rest else []
+    return out + [{"params": params, "lr_multiplier": multipliers[suffix]} for suffix, params in groups.items()]
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters (``requires_grad``), each shared tensor counted once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -178,13 +195,13 @@ class Trainer:
             torch.cuda.set_device(self.device)
 
         self.model = model.to(self.device)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
+        named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        if not named:
             raise ValueError("model has no trainable parameters (requires_grad)")
-        self.params = params
+        self.params = [p for _, p in named]
         optimizer_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = optimizer_cls(params, lr=config.lr, betas=config.betas, eps=config.eps,
-                                       weight_decay=config.weight_decay)
+        self.optimizer = optimizer_cls(parameter_groups(named, config.lr_multipliers), lr=config.lr,
+                                       betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.autocast == "fp16")
         if self.dist.is_distributed:
             if config.batch_size < self.dist.world_size:
@@ -400,7 +417,7 @@ class Trainer:
             n_local, n_global = batch_size_of(y, x), len(batches[k])
             lr = learning_rate(cfg, state.global_step, self.total_steps)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_multiplier", 1.0)
             with autocast_context(self.device, cfg.autocast):
                 out = call_model(self.forward_module, x)
                 loss = self.loss_fn(out, y)
