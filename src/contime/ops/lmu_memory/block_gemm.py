@@ -18,7 +18,8 @@ product followed by a deterministic gather-and-sum along the block diagonals; th
 through the FFT (``toeplitz_kernel_gradient``).
 
 ``precision`` "ieee" multiplies in float32; "tf32" lets cuBLAS use TF32 tensor cores (about 1e-3 relative
-error; on the CPU it changes nothing).
+error; on the CPU it changes nothing). Under ``torch.autocast`` the products run in autocast's dtype, as any
+matmul does.
 """
 
 from __future__ import annotations
