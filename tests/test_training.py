@@ -207,6 +207,21 @@ def test_lr_multipliers_scale_a_parameter_group(tmp_path):
     assert all(value == pytest.approx(1e-4, rel=0.05) for name, value in moved.items() if name != "0.bias")
     with pytest.raises(ValueError, match="match no trainable"):
         Trainer(mlp(), TrainConfig(device="cpu", lr_multipliers={"theta": 2.0}), train, run_dir=tmp_path / "b")
+    with pytest.raises(ValueError, match="match no trainable"):  # whole name components only
+        Trainer(mlp(), TrainConfig(device="cpu", lr_multipliers={"ias": 2.0}), train, run_dir=tmp_path / "c")
+
+
+def test_a_run_written_before_a_setting_existed_resumes(tmp_path):
+    """A stored config without a later TrainConfig field (here lr_multipliers) compares at the default."""
+    train, val, _ = splits()
+    config = TrainConfig(epochs=1, batch_size=16, quiet=True, device="cpu", max_steps_per_epoch=2)
+    run_dir = tmp_path / "old"
+    first = Trainer(mlp(), config, train, val, run_dir=run_dir, console=quiet_console()).fit()
+    stored = json.loads((run_dir / "config.json").read_text())
+    del stored["train"]["lr_multipliers"]
+    (run_dir / "config.json").write_text(json.dumps(stored))
+    again = Trainer(mlp(), config, train, val, run_dir=run_dir, console=quiet_console()).fit(resume=True)
+    assert again["value"] == first["value"]
 
 
 def test_learns_and_writes_run_files(tmp_path):

@@ -304,11 +304,12 @@ def make_config(quick: bool = False, **overrides: Any) -> dict[str, Any]:
             "epochs": preset["epochs"], "batch_size": preset["batch_size"], "lr": preset["lr"],
             "optimizer": "adam", "schedule": "cosine", "min_lr_ratio": 0.05, "clip_grad_norm": 1.0,
             "max_steps_per_epoch": preset["max_steps_per_epoch"], "lmu": {"units": LMU_UNITS, "order": ORDER,
-                                                                          "theta": overrides.get("theta") or THETA,
+                                                                          "theta": THETA if overrides.get("theta") is None
+                                                                          else float(overrides["theta"]),
                                                                           "learn_theta": bool(overrides.get("learn_theta")),
-                                                                          "theta_lr": "lr * theta (relative step)",
                                                                           "mode": "auto", "init": LMU_INIT},
-            "lstm_units": LSTM_UNITS, "contime_version": __version__}
+            "lstm_units": LSTM_UNITS, "contime_version": __version__,
+            **({"theta_lr": "lr * theta (relative step)"} if overrides.get("learn_theta") else {})}
 
 
 def run_mackey_glass(config: dict[str, Any], *, device: str = "cpu", quiet: bool = False,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 OPTIMIZERS = ("adam", "adamw")
@@ -61,8 +61,9 @@ class TrainConfig:
         num_workers: DataLoader worker processes for a ``Dataset`` (tensors are indexed directly).
         time_budget: seconds of training and validation after which no new epoch starts (the epoch under way
             finishes; the result records the epochs done), or None.
-        lr_multipliers: ``{name suffix: factor}``: parameters whose name ends with a suffix (e.g. "theta")
-            train at ``factor`` times the scheduled learning rate, in their own optimizer group; None: one group.
+        lr_multipliers: ``{name suffix: factor}``: parameters whose name ends with a suffix (whole dot-separated
+            components, e.g. "theta") train at ``factor`` times the scheduled learning rate, in their own
+            optimizer group; None: one group.
     """
 
     epochs: int = 10
@@ -86,7 +87,7 @@ class TrainConfig:
     autocast: str | None = None
     num_workers: int = 0
     time_budget: float | None = None
-    lr_multipliers: dict[str, float] | None = None
+    lr_multipliers: dict[str, float] | None = field(default=None, hash=False)
 
     def __post_init__(self):
         def need_int(name: str, low: int, allow_none: bool = False):
@@ -161,7 +162,7 @@ class TrainConfig:
                     isinstance(k, str) and k and _is_number(v) and math.isfinite(v) and v > 0
                     for k, v in multipliers.items()):
                 raise ValueError(f"lr_multipliers must map name suffixes to positive numbers, got {multipliers!r}")
-            object.__setattr__(self, "lr_multipliers", {k: float(v) for k, v in multipliers.items()})
+            object.__setattr__(self, "lr_multipliers", {k: float(v) for k, v in multipliers.items()} or None)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``betas`` as a list)."""

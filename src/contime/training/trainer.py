@@ -62,14 +62,17 @@ HISTORY_PNG = "history.png"
 
 
 def parameter_groups(named: list[tuple[str, nn.Parameter]], multipliers: dict[str, float] | None) -> list[dict]:
-    """Optimizer groups: parameters whose name ends with a suffix of ``multipliers`` get a group with that
-    ``lr_multiplier`` (the first matching suffix wins), the rest one group with multiplier 1. A suffix that
-    matches nothing is an error, so a typo cannot silently train at the wrong rate."""
+    """Optimizer groups: parameters whose name ends with a suffix of ``multipliers`` (whole dot-separated
+    components) get a group with that ``lr_multiplier``, the rest one group with multiplier 1. A suffix that
+    matches nothing is an error, so a typo cannot silently train at the wrong rate. With AdamW the group's
+    decoupled weight decay (lr x decay) scales with it too."""
     multipliers = multipliers or {}
     groups = {suffix: [] for suffix in multipliers}
     rest = []
     for name, param in named:
-        suffix = next((s for s in multipliers if name.endswith(s)), None)
+        # Whole name components only ("theta" matches "layers.0.theta", not "log_theta"); the longest wins.
+        matches = [s for s in multipliers if name == s or name.endswith("." + s)]
+        suffix = max(matches, key=len) if matches else None
         (groups[suffix] if suffix is not None else rest).append(param)
     unmatched = [suffix for suffix, params in groups.items() if not params]
     if unmatched:
@@ -331,7 +334,9 @@ class Trainer:
     def _fingerprint(self, run_config: dict[str, Any]) -> dict[str, Any]:
         keep = ("name", "model_class", "params", "loss", "metric", "higher_is_better", "n_train", "n_val", "n_test")
         out = {k: run_config.get(k) for k in keep}
-        out["train"] = {k: v for k, v in run_config.get("train", {}).items() if k not in EXECUTION_FIELDS}
+        # A setting added after the run was written (absent from its config) compares at its default.
+        train = {**TrainConfig().to_dict(), **run_config.get("train", {})}
+        out["train"] = {k: v for k, v in train.items() if k not in EXECUTION_FIELDS}
         return out
 
     def _check_same_run(self, stored: dict[str, Any], where: Path) -> None:

@@ -18,8 +18,11 @@ product followed by a deterministic gather-and-sum along the block diagonals; th
 through the FFT (``toeplitz_kernel_gradient``).
 
 ``precision`` "ieee" multiplies in float32; "tf32" lets cuBLAS use TF32 tensor cores (about 1e-3 relative
-error; on the CPU it changes nothing). Under ``torch.autocast`` the products run in autocast's dtype, as any
-matmul does.
+error; on the CPU it changes nothing). Under ``torch.autocast`` the products still run in the inputs' dtype
+(a long convolution in bfloat16 would lose the memory's precision).
+
+Memory: U_blocks and the gradient's gather hold R T^2 / L values each, H_skew L T C: for long sequences the
+FFT or the Triton kernel is leaner.
 """
 
 from __future__ import annotations
@@ -37,23 +40,39 @@ PRECISIONS = ("ieee", "tf32")
 
 
 def block_length(time: int) -> int:
-    """L: a divisor of ``time`` between 16 and 64 closest to 32 (no padded steps), else 32."""
+    """L: the whole sequence up to 32 steps; else a divisor of ``time`` between 16 and 64 closest to 32 (no
+    padded steps), else 32."""
+    if time <= 32:
+        return max(time, 1)
     divisors = [size for size in range(16, 65) if time % size == 0]
     return min(divisors, key=lambda size: (abs(size - 32), size)) if divisors else 32
 
 
 @contextlib.contextmanager
-def _matmul_precision(precision: str):
-    """TF32 in cuBLAS for "tf32" only, restoring the caller's setting afterwards."""
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+def _matmul_precision(precision: str, device: torch.device):
+    """cuBLAS's float32 products in TF32 for "tf32" only, restoring the caller's setting afterwards; nothing
+    changes for CPU tensors. Uses ``fp32_precision`` where torch has it (reading the legacy ``allow_tf32``
+    after a caller set the new API raises)."""
+    matmul = torch.backends.cuda.matmul
+    if device.type != "cuda":
+        yield
+        return
+    if hasattr(matmul, "fp32_precision"):
+        previous = matmul.fp32_precision
+        matmul.fp32_precision = "tf32" if precision == "tf32" else "ieee"
+    else:
+        previous = matmul.allow_tf32
+        matmul.allow_tf32 = precision == "tf32"
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+        if hasattr(matmul, "fp32_precision"):
+            matmul.fp32_precision = previous
+        else:
+            matmul.allow_tf32 = previous
 
 
-@functools.lru_cache(maxsize=32)  # built once per shape: a handful of tiny kernels per call would cost as much as the GEMM
+@functools.lru_cache(maxsize=8)  # built once per shape: a handful of tiny kernels per call would cost as much as the GEMM
 def _source_index(blocks: int, L: int, device: torch.device) -> torch.Tensor:
     """``(NB, NB L)``: the padded step read by U_blocks[(., I), (k, l')], or NB L (a zero) where k > I."""
     I = torch.arange(blocks, device=device)[:, None, None]
@@ -63,7 +82,7 @@ def _source_index(blocks: int, L: int, device: torch.device) -> torch.Tensor:
     return torch.where(k <= I, source, blocks * L).reshape(blocks, blocks * L)
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=8)
 def _diagonal_index(blocks: int, L: int, device: torch.device) -> torch.Tensor:
     """``(NB L, NB)``: for source step s = p L + L - 1 - l', the entries (I = k + p, k, l') of a flattened
     ``(NB, NB L)`` gradient of U_blocks that read it, or NB NB L (a zero) where k + p >= NB."""
@@ -92,29 +111,29 @@ class _BlockGemmToeplitz(torch.autograd.Function):
         rows = u.permute(0, 2, 1).reshape(batch * D, time)  # (R, T)
         rows = torch.nn.functional.pad(rows, (0, padded_time - time + 1))  # (R, NB L + 1), a zero at the end
         U_blocks = rows[:, _source_index(blocks, L, u.device)]  # (R, NB, NB L)
-        H_skew = _skewed_kernel(kernel, blocks, L)
-        with _matmul_precision(precision):
-            M = U_blocks.reshape(batch * D * blocks, padded_time) @ H_skew  # (R NB, L C)
-        ctx.save_for_backward(u, H_skew)
-        ctx.L, ctx.precision, ctx.C = L, precision, C
-        m = M.view(batch, D, padded_time, C)[:, :, :time]
-        return m.permute(0, 2, 1, 3) if D == 1 else m.permute(0, 2, 1, 3).contiguous()  # (B, T, D, C)
+        with torch.autocast(u.device.type, enabled=False), _matmul_precision(precision, u.device):
+            M = U_blocks.reshape(batch * D * blocks, padded_time) @ _skewed_kernel(kernel, blocks, L)  # (R NB, L C)
+        ctx.save_for_backward(u, kernel)  # not H_skew: L times larger, and cheap to rebuild
+        ctx.L, ctx.precision = L, precision
+        # A copy only where the last block was padded or D > 1; else M already is (B, T, D, C).
+        return M.view(batch, D, padded_time, C)[:, :, :time].permute(0, 2, 1, 3).contiguous()
 
     @staticmethod
     def backward(ctx, grad):
         if torch.is_grad_enabled():
             raise RuntimeError("the block-GEMM memory has no double backward (create_graph=True); use mode='fft'")
-        u, H_skew = ctx.saved_tensors
+        u, kernel = ctx.saved_tensors
+        grad = grad.to(u.dtype)  # the gradient of an autocast region may come back in its dtype
         batch, time, D = u.shape
-        L, C = ctx.L, ctx.C
+        L, C = ctx.L, kernel.shape[1]
         blocks = -(-time // L)
         padded_time = blocks * L
         grad_u = grad_kernel = None
         if ctx.needs_input_grad[0]:
             G = grad.permute(0, 2, 1, 3).reshape(batch * D, time, C)
             G = torch.nn.functional.pad(G, (0, 0, 0, padded_time - time))  # (R, NB L, C)
-            with _matmul_precision(ctx.precision):
-                grad_blocks = G.reshape(batch * D * blocks, L * C) @ H_skew.t()  # (R NB, NB L)
+            with _matmul_precision(ctx.precision, u.device):
+                grad_blocks = G.reshape(batch * D * blocks, L * C) @ _skewed_kernel(kernel, blocks, L).t()
             flat = torch.nn.functional.pad(grad_blocks.view(batch * D, blocks * padded_time), (0, 1))
             grad_rows = flat[:, _diagonal_index(blocks, L, u.device)].sum(-1)  # (R, NB L)
             grad_u = grad_rows[:, :time].view(batch, D, time).transpose(1, 2)
@@ -144,8 +163,8 @@ def block_gemm_toeplitz(u: torch.Tensor, kernel: torch.Tensor, precision: str = 
         raise ValueError(f"u and kernel must share dtype and device; got u {u.dtype} on {u.device}, kernel "
                          f"{kernel.dtype} on {kernel.device}")
     L = block_length(u.shape[1]) if block is None else block
-    if L < 1:
-        raise ValueError(f"block must be at least 1, got {block}")
+    if isinstance(L, bool) or not isinstance(L, int) or L < 1:
+        raise ValueError(f"block must be an int >= 1, got {block!r}")
     return _BlockGemmToeplitz.apply(u, kernel, L, precision)
 
 
