@@ -83,8 +83,8 @@ def test_triton_kernels_equal_the_loop(config, style, monkeypatch):
 @pytest.mark.parametrize("style", ["resident", "chunked"])
 @pytest.mark.parametrize("time", [1, 3])
 def test_triton_kernels_with_a_loss_on_h_only(time, style, monkeypatch):
-    """No gradient flows into the memory outputs (the kernels' HAS_GM=False branch), over one step (the
-    resident backward's prologue alone) and three."""
+    """No gradient flows into the memory outputs (the kernels' HAS_GM=False branch), over one step and
+    three."""
     from contime.ops.lmu_cell import core_triton
     monkeypatch.setattr(core_triton, "DEFAULT_STYLE", style)
     args32 = make_arguments(time=time, batch=18, D=1, n=12, hidden=20, dtype=torch.float32)

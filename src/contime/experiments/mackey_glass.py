@@ -65,6 +65,7 @@ from .. import __version__
 from ..data.mackey_glass import mackey_glass_task
 from ..lmu import LMU
 from ..training import TrainConfig, Trainer, count_parameters, predict
+from ..training.trainer import name_has_suffix
 from .rundir import (OUT_DIR_OPTION, QUIET_OPTION, RESUME_OPTION, RUN_DIR_OPTION, command_console, experiment_command,
                      open_run_dir, parse_names, write_metrics)
 
@@ -155,7 +156,7 @@ def theta_multipliers(model: nn.Module, theta: float) -> dict[str, float] | None
     """A learned theta trains at ``theta`` times the learning rate: Adam moves a parameter by about its
     learning rate per step, so theta then moves by about ``lr`` relative to its start, whatever its scale (at
     the plain rate, theta = 32 moved by 0.02 in 40 epochs). None when no theta is trained."""
-    trained = any(name.endswith("theta") and p.requires_grad for name, p in model.named_parameters())
+    trained = any(name_has_suffix(name, "theta") and p.requires_grad for name, p in model.named_parameters())
     return {"theta": float(theta)} if trained else None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -17,3 +18,11 @@ def triton_available() -> bool:
 def interpreting() -> bool:
     """True under ``TRITON_INTERPRET=1``: kernels run on the CPU with numpy, one program after another."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def launch_device(device):
+    """Context for a kernel launch: Triton launches on the current CUDA device, which may not be the
+    tensors'; nothing to do elsewhere (the interpreter, the CPU)."""
+    import torch
+    device = torch.device(device)
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()

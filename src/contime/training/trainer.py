@@ -61,6 +61,12 @@ CONFIG_FILE = "config.json"
 HISTORY_PNG = "history.png"
 
 
+def name_has_suffix(name: str, suffix: str) -> bool:
+    """Whether a parameter name ends with ``suffix`` as whole dot-separated components ("theta" matches
+    "layers.0.theta", not "log_theta")."""
+    return name == suffix or name.endswith("." + suffix)
+
+
 def parameter_groups(named: list[tuple[str, nn.Parameter]], multipliers: dict[str, float] | None) -> list[dict]:
     """Optimizer groups: parameters whose name ends with a suffix of ``multipliers`` (whole dot-separated
     components) get a group with that ``lr_multiplier``, the rest one group with multiplier 1. A suffix that
@@ -70,8 +76,7 @@ def parameter_groups(named: list[tuple[str, nn.Parameter]], multipliers: dict[st
     groups = {suffix: [] for suffix in multipliers}
     rest = []
     for name, param in named:
-        # Whole name components only ("theta" matches "layers.0.theta", not "log_theta"); the longest wins.
-        matches = [s for s in multipliers if name == s or name.endswith("." + s)]
+        matches = [s for s in multipliers if name_has_suffix(name, s)]  # the longest wins
         suffix = max(matches, key=len) if matches else None
         (groups[suffix] if suffix is not None else rest).append(param)
     unmatched = [suffix for suffix, params in groups.items() if not params]

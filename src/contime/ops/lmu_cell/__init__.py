@@ -43,6 +43,8 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = tor
         if device.type != "cuda" and not interpreting():
             raise RuntimeError(f"backend='triton' runs on CUDA tensors (or under TRITON_INTERPRET=1); "
                                f"got tensors on {device.type}")
+        if dtype != torch.float32:
+            raise ValueError(f"backend='triton' computes in float32; got {dtype} (use backend='torch')")
     return backend
 
 
@@ -153,8 +155,6 @@ def lmu_cell_sequence(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, *, relu: bool
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     backend = resolve_backend(backend, ux.device, ux.dtype)
-    if backend == "triton" and ux.dtype != torch.float32:
-        raise ValueError(f"backend='triton' computes in float32; got {ux.dtype} (use backend='torch')")
     return _LMUCellSequence.apply(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, bool(relu), backend, precision)
 
 

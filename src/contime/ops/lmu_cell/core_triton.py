@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_env import interpreting
+from ..triton_env import interpreting, launch_device
 
 
 @triton.jit
@@ -302,6 +302,12 @@ STYLES = ("auto", "resident", "chunked")
 DEFAULT_STYLE = "auto"
 
 
+def _padded(size: int) -> int:
+    """A state width as the kernels hold it: the next power of two, at least 16 (a tensor-core product needs
+    K >= 16; the masks zero the padding)."""
+    return max(16, triton.next_power_of_2(size))
+
+
 def _dummy(like: torch.Tensor) -> torch.Tensor:
     return like.new_zeros(1)
 
@@ -324,7 +330,7 @@ def _resident_widths(batch: int, N: int, hidden: int, device: torch.device) -> l
     """The BLOCK_N of the resident kernels that fit: weights of at most RESIDENT_MAX_WIDTH rows, and a grid of
     groups * cdiv(max(N, H), BLOCK_N) programs that the SMs hold at once. In the interpreter (programs run one
     after another) only one member per group: BLOCK_N covers the widest state."""
-    NP, HP = max(16, triton.next_power_of_2(N)), max(16, triton.next_power_of_2(hidden))
+    NP, HP = _padded(N), _padded(hidden)
     if max(NP, HP) > RESIDENT_MAX_WIDTH:
         return []
     if interpreting() or device.type != "cuda":
@@ -348,9 +354,7 @@ def _launch(chunked_kernel, resident_kernel, name: str, style: str, sizes: tuple
         raise ValueError(f"the resident kernels need N and H <= {RESIDENT_MAX_WIDTH} and a grid the SMs hold; "
                          f"got N={N}, H={hidden}, batch={batch}")
     if widths:
-        # At least 16: a tensor-core product needs K >= 16 (the masks zero the padding).
-        kernel, extra = resident_kernel, {"NP": max(16, triton.next_power_of_2(N)),
-                                          "HP": max(16, triton.next_power_of_2(hidden))}
+        kernel, extra = resident_kernel, {"NP": _padded(N), "HP": _padded(hidden)}
         configs = [({"BLOCK_N": n}, w) for n, w in RESIDENT_CONFIGS if n in widths] or [({"BLOCK_N": widths[0]}, 4)]
         grid = lambda meta: (triton.cdiv(max(N, hidden), meta["BLOCK_N"]), groups)  # noqa: E731
     else:
@@ -367,7 +371,7 @@ def _launch(chunked_kernel, resident_kernel, name: str, style: str, sizes: tuple
         _TUNED[key] = triton.autotune(configs=[triton.Config(meta, num_warps=w) for meta, w in configs],
                                       key=["HID", "N", "D", "PRECISION"], reset_to_zero=["sync_ptr"])(kernel)
     _TUNED[name] = _TUNED[key]  # the last one used, for gpu_kernel_tune.py
-    with torch.cuda.device(device):  # Triton launches on the current device; the tensors' may differ
+    with launch_device(device):
         _TUNED[key][grid](**kwargs, **extra)
 
 
@@ -387,7 +391,7 @@ def forward_core(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, relu: bool, precis
             ux.device, ux_ptr=ux, xh_ptr=xh, AT_ptr=A_T, Bm_ptr=Bm, Eh_ptr=_dummy(ux) if E_h is None else E_h,
         Em_ptr=_dummy(ux) if E_m is None else E_m, Wm_ptr=W_m, Wh_ptr=W_h, H_ptr=H_ext, M_ptr=M_ext, U_ptr=U,
         sync_ptr=counters, T=time, B=batch, HID=hidden, N=N, D=D, BLOCK_B=BLOCK_B,
-        BLOCK_D=max(16, triton.next_power_of_2(D)), HAS_EH=E_h is not None, HAS_EM=E_m is not None, RELU=relu,
+        BLOCK_D=_padded(D), HAS_EH=E_h is not None, HAS_EM=E_m is not None, RELU=relu,
         PRECISION=precision)
     return H_ext, M_ext, U
 
@@ -408,7 +412,7 @@ def backward_core(grad_h, grad_m, H_ext, A_T, Bm, E_h, E_m, W_m, W_h, relu: bool
         BmT_ptr=c(Bm), EhT_ptr=_dummy(grad_h) if E_h is None else c(E_h),
         EmT_ptr=_dummy(grad_h) if E_m is None else c(E_m), WmT_ptr=c(W_m), WhT_ptr=c(W_h), DP_ptr=DP, DM_ptr=DM,
         DU_ptr=DU, sync_ptr=counters, T=time, B=batch, HID=hidden, N=N, D=D, BLOCK_B=BLOCK_B,
-        BLOCK_D=max(16, triton.next_power_of_2(D)), HAS_EH=E_h is not None, HAS_EM=E_m is not None,
+        BLOCK_D=_padded(D), HAS_EH=E_h is not None, HAS_EM=E_m is not None,
         HAS_GM=grad_m is not None, RELU=relu, PRECISION=precision)
     DP, DM, DU = DP[:time], DM[:time], DU[:time]
     # What flows into the initial state, as the torch core's carries.

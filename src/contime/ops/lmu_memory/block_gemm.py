@@ -32,8 +32,7 @@ import functools
 
 import torch
 
-from ...legendre import impulse_response
-from .common import zero_input_response
+from .common import memory_from_causal_product
 from .fft import toeplitz_kernel_gradient
 
 PRECISIONS = ("ieee", "tf32")
@@ -51,25 +50,18 @@ def block_length(time: int) -> int:
 @contextlib.contextmanager
 def _matmul_precision(precision: str, device: torch.device):
     """cuBLAS's float32 products in TF32 for "tf32" only, restoring the caller's setting afterwards; nothing
-    changes for CPU tensors. Uses ``fp32_precision`` where torch has it (reading the legacy ``allow_tf32``
-    after a caller set the new API raises)."""
-    matmul = torch.backends.cuda.matmul
+    changes for CPU tensors. Through ``fp32_precision``: reading the legacy ``allow_tf32`` after a caller set
+    the new setting raises."""
     if device.type != "cuda":
         yield
         return
-    if hasattr(matmul, "fp32_precision"):
-        previous = matmul.fp32_precision
-        matmul.fp32_precision = "tf32" if precision == "tf32" else "ieee"
-    else:
-        previous = matmul.allow_tf32
-        matmul.allow_tf32 = precision == "tf32"
+    matmul = torch.backends.cuda.matmul
+    previous = matmul.fp32_precision
+    matmul.fp32_precision = "tf32" if precision == "tf32" else "ieee"
     try:
         yield
     finally:
-        if hasattr(matmul, "fp32_precision"):
-            matmul.fp32_precision = previous
-        else:
-            matmul.allow_tf32 = previous
+        matmul.fp32_precision = previous
 
 
 @functools.lru_cache(maxsize=8)  # built once per shape: a handful of tiny kernels per call would cost as much as the GEMM
@@ -173,12 +165,5 @@ def linear_memory_block_gemm(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.
                              precision: str = "ieee", block: int | None = None) -> torch.Tensor:
     """The memory of every step as one block-Toeplitz matrix product. Shapes as in the package docstring;
     A_bar must be shared (k = 1)."""
-    if A_bar.shape[0] != 1:
-        raise ValueError("linear_memory_block_gemm needs one shared A_bar (k = 1); got k = "
-                         f"{A_bar.shape[0]}; use linear_memory_fft for per-dimension theta")
-    time = u.shape[1]
-    H = impulse_response(A_bar, B_bar, time) if impulse is None else impulse  # (1, T, n)
-    m = block_gemm_toeplitz(u, H[0], precision, block)
-    if m0 is not None:
-        m = m + zero_input_response(A_bar, m0, time)
-    return m
+    return memory_from_causal_product(lambda x, kernel: block_gemm_toeplitz(x, kernel, precision, block),
+                                      "linear_memory_block_gemm", u, A_bar, B_bar, m0, impulse)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ...legendre import power_sequence
+from ...legendre import impulse_response, power_sequence
 
 
 def apply_state_matrix(A_bar: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -47,3 +47,19 @@ def zero_input_response(A_bar: torch.Tensor, m0: torch.Tensor, length: int) -> t
 def expand_dims(H: torch.Tensor, dims: int) -> torch.Tensor:
     """Broadcast a shared impulse response ``(1, L, n)`` to ``(D, L, n)``; leave a per-dimension one alone."""
     return H.expand(dims, -1, -1) if H.shape[0] == 1 else H
+
+
+def memory_from_causal_product(product, name: str, u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor,
+                               m0: torch.Tensor | None, impulse: torch.Tensor | None) -> torch.Tensor:
+    """The memory of every step from a causal Toeplitz product ``product(u, kernel)`` (kernel ``(T, n)``) with
+    the shared impulse response, plus what m0 contributes. Shapes as in the package docstring; ``name`` is the
+    caller's, for the error when A_bar is not shared (k != 1)."""
+    if A_bar.shape[0] != 1:
+        raise ValueError(f"{name} needs one shared A_bar (k = 1); got k = {A_bar.shape[0]}; use "
+                         "linear_memory_fft for per-dimension theta")
+    time = u.shape[1]
+    H = impulse_response(A_bar, B_bar, time) if impulse is None else impulse  # (1, T, n)
+    m = product(u, H[0])
+    if m0 is not None:
+        m = m + zero_input_response(A_bar, m0, time)
+    return m

@@ -16,15 +16,12 @@ close to float32) or "tf32" (one, about 1e-3 relative error).
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
-from ...legendre import impulse_response
-from ..triton_env import interpreting
-from .common import zero_input_response
+from ..triton_env import interpreting, launch_device
+from .common import memory_from_causal_product
 from .dispatch import MAX_ROWS
 from .fft import toeplitz_kernel_gradient
 
@@ -150,8 +147,7 @@ _GRAD_BLOCKS = dict(BLOCK_M=64, BLOCK_J=64, BLOCK_T=2, BLOCK_C=32)
 class _CausalToeplitz(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, kernel, precision, forward_kernel):
-        # Triton launches on the current device, which may not be the tensors'.
-        with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
+        with launch_device(u.device):
             return _CausalToeplitz._forward(ctx, u, kernel, precision, forward_kernel)
 
     @staticmethod
@@ -176,8 +172,7 @@ class _CausalToeplitz(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        u = ctx.saved_tensors[0]
-        with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
+        with launch_device(ctx.saved_tensors[0].device):
             return _CausalToeplitz._backward(ctx, grad)
 
     @staticmethod
@@ -241,12 +236,5 @@ def linear_memory_toeplitz(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Te
                            precision: str = "ieee", forward_kernel: str = "rows") -> torch.Tensor:
     """The memory of every step as one Triton Toeplitz product. Shapes as in the package docstring; A_bar
     must be shared (k = 1): per-dimension thetas have one impulse response each (use ``linear_memory_fft``)."""
-    if A_bar.shape[0] != 1:
-        raise ValueError("linear_memory_toeplitz needs one shared A_bar (k = 1); got k = "
-                         f"{A_bar.shape[0]}; use linear_memory_fft for per-dimension theta")
-    time = u.shape[1]
-    H = impulse_response(A_bar, B_bar, time) if impulse is None else impulse  # (1, T, n)
-    m = causal_toeplitz(u, H[0], precision, forward_kernel)
-    if m0 is not None:
-        m = m + zero_input_response(A_bar, m0, time)
-    return m
+    return memory_from_causal_product(lambda x, kernel: causal_toeplitz(x, kernel, precision, forward_kernel),
+                                      "linear_memory_toeplitz", u, A_bar, B_bar, m0, impulse)
