@@ -126,3 +126,27 @@ def test_theta_options_reach_every_lmu_layer(tmp_path):
     assert config["lmu"]["theta"] == 6.0 and config["lmu"]["learn_theta"] is True
     result = CliRunner().invoke(app, ["run", "mackey-glass", "--quick", "--theta", "-1", "--out-dir", str(out)])
     assert result.exit_code != 0 and "--theta" in result.output
+
+
+def test_hidden_encoders_option_sets_the_h_to_memory_init(tmp_path):
+    torch.manual_seed(0)
+    zeros = mg.build_model("LMU")
+    torch.manual_seed(0)
+    lecun = mg.build_model("LMU", hidden_encoders="lecun")
+    assert count_parameters(lecun) == count_parameters(zeros) == 18_050
+    bound = math.sqrt(3.0 / mg.LMU_UNITS)
+    for z, l in zip(zeros.layers, lecun.layers):
+        assert torch.count_nonzero(z.hidden_kernel) == 0
+        assert 0.5 * bound < l.hidden_kernel.abs().max() <= bound and l.hidden_kernel.std() > 0.3 * bound
+        assert torch.count_nonzero(l.memory_kernel) == 0  # only the hidden encoders change
+    with pytest.raises(ValueError, match="hidden_encoders"):
+        mg.build_model("LMU", hidden_encoders="glorot")
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["run", "mackey-glass", "--quick", "--quiet", "--models", "LMU",
+                                      "--hidden-encoders", "lecun", "--out-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    config = json.loads(next(out.glob("mackey-glass/*/config.json")).read_text())
+    assert config["lmu"]["hidden_encoders"] == "lecun" and "hidden encoders" in config["lmu"]["init"]
+    result = CliRunner().invoke(app, ["run", "mackey-glass", "--quick", "--hidden-encoders", "ones",
+                                      "--out-dir", str(out)])
+    assert result.exit_code != 0 and "--hidden-encoders" in result.output
