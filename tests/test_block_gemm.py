@@ -82,6 +82,7 @@ def test_autocast_keeps_the_product_in_float32():
         m = block_gemm_toeplitz(u, H)
     assert m.dtype == torch.float32
     m.sum().backward()
+    assert u.grad.dtype == torch.float32
     ref = linear_memory_naive(u.detach().double(), A, B)
     assert float((m.detach().double() - ref).norm() / ref.norm()) < 1e-5
 

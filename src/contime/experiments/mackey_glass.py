@@ -79,8 +79,6 @@ REFERENCES = {"LSTM": 0.05872, "LMU": 0.04873, "hybrid": 0.04473}
 REFERENCE_SOURCE = "LMU paper (Voelker et al. 2019), Mackey-Glass, the authors' corrected rerun"
 LMU_UNITS, LSTM_UNITS, ORDER, THETA = 49, 25, 4, 4.0
 HIDDEN_ENCODERS = ("zeros", "lecun")
-LMU_INIT = {"zeros": "glorot-normal cell kernels per block, lecun-uniform input encoder, zero hidden and memory encoders",
-            "lecun": "glorot-normal cell kernels per block, lecun-uniform input and hidden encoders, zero memory encoder"}
 
 FULL = {"n_series": 128, "n_steps": 5000, "window": 256, "burn_in": 64, "epochs": 20, "batch_size": 32,
         "lr": 3e-3, "max_steps_per_epoch": None}
@@ -93,6 +91,13 @@ class MackeyGlassError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------- models
+def check_hidden_encoders(value: str) -> str:
+    """``value`` if it names an h -> memory encoder initialisation (``HIDDEN_ENCODERS``), else ValueError."""
+    if value not in HIDDEN_ENCODERS:
+        raise ValueError(f"hidden_encoders must be one of {list(HIDDEN_ENCODERS)}, got {value!r}")
+    return value
+
+
 def lmu_layer(input_size: int, units: int = LMU_UNITS, order: int = ORDER, theta: float = THETA,
               learn_theta: bool = False, hidden_encoders: str = "zeros") -> LMU:
     """One LMU layer of the paper's Mackey-Glass model: tanh RNN hidden, memory fed by x, h and m.
@@ -108,8 +113,7 @@ def lmu_layer(input_size: int, units: int = LMU_UNITS, order: int = ORDER, theta
     the hidden state feeds the memory from the first step. Zeros won the 150-step comparison above; see the
     module docstring for what longer training measured.
     """
-    if hidden_encoders not in HIDDEN_ENCODERS:
-        raise ValueError(f"hidden_encoders must be one of {list(HIDDEN_ENCODERS)}, got {hidden_encoders!r}")
+    check_hidden_encoders(hidden_encoders)
     cell = nn.RNNCell(order + input_size, units, bias=False, nonlinearity="tanh")
     layer = LMU(input_size, memory_d=1, order=order, theta=theta, hidden_cell=cell, input_to_hidden=True,
                 hidden_to_memory=True, memory_to_memory=True, trainable_theta=learn_theta)
@@ -315,22 +319,19 @@ def make_config(quick: bool = False, **overrides: Any) -> dict[str, Any]:
     """The run's configuration (config.json): the full or quick preset, with non-None ``overrides``."""
     preset = dict(QUICK if quick else FULL)
     preset.update({k: v for k, v in overrides.items() if v is not None and k in preset})
-    hidden_encoders = overrides.get("hidden_encoders") or "zeros"
-    if hidden_encoders not in HIDDEN_ENCODERS:
-        raise ValueError(f"hidden_encoders must be one of {list(HIDDEN_ENCODERS)}, got {hidden_encoders!r}")
+    hidden_encoders = check_hidden_encoders(overrides.get("hidden_encoders") or "zeros")
+    lmu = {"units": LMU_UNITS, "order": ORDER,
+           "theta": THETA if overrides.get("theta") is None else float(overrides["theta"]),
+           "learn_theta": bool(overrides.get("learn_theta")), "mode": "auto", "hidden_encoders": hidden_encoders,
+           "init": "glorot-normal cell kernels per block, lecun-uniform input encoders, "
+                   f"{'lecun-uniform' if hidden_encoders == 'lecun' else 'zero'} hidden encoders, zero memory encoders"}
     models = overrides.get("models") or list(MODELS)
     return {"experiment": EXPERIMENT, "quick": quick, "seed": overrides.get("seed") or 0, "models": list(models),
             "n_series": preset["n_series"], "n_steps": preset["n_steps"], "horizon": 15, "tau": 17.0,
             "dt": 1.0, "substeps": 10, "val_fraction": 0.1, "window": preset["window"], "burn_in": preset["burn_in"],
             "epochs": preset["epochs"], "batch_size": preset["batch_size"], "lr": preset["lr"],
             "optimizer": "adam", "schedule": "cosine", "min_lr_ratio": 0.05, "clip_grad_norm": 1.0,
-            "max_steps_per_epoch": preset["max_steps_per_epoch"], "lmu": {"units": LMU_UNITS, "order": ORDER,
-                                                                          "theta": THETA if overrides.get("theta") is None
-                                                                          else float(overrides["theta"]),
-                                                                          "learn_theta": bool(overrides.get("learn_theta")),
-                                                                          "mode": "auto",
-                                                                          "hidden_encoders": hidden_encoders,
-                                                                          "init": LMU_INIT[hidden_encoders]},
+            "max_steps_per_epoch": preset["max_steps_per_epoch"], "lmu": lmu,
             "lstm_units": LSTM_UNITS, "contime_version": __version__,
             **({"theta_lr": "lr * theta (relative step)"} if overrides.get("learn_theta") else {})}
 
@@ -423,9 +424,10 @@ def command(
 ) -> None:
     """Mackey-Glass, 15 steps ahead: LSTM, LMU and hybrid (~18k parameters each); test NRMSE and s/epoch."""
     names = parse_names(models, MODELS)
-    if hidden_encoders not in HIDDEN_ENCODERS:
-        raise typer.BadParameter(f"must be one of {', '.join(HIDDEN_ENCODERS)}, got {hidden_encoders!r}",
-                                 param_hint="--hidden-encoders")
+    try:
+        check_hidden_encoders(hidden_encoders)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--hidden-encoders")
     config = make_config(quick, models=names, epochs=epochs, batch_size=batch_size, lr=lr, window=window,
                          burn_in=burn_in, max_steps_per_epoch=max_steps_per_epoch, seed=seed,
                          theta=theta, learn_theta=learn_theta, hidden_encoders=hidden_encoders)

@@ -342,8 +342,9 @@ def _resident_widths(batch: int, N: int, hidden: int, device: torch.device) -> l
 
 def _launch(chunked_kernel, resident_kernel, name: str, style: str, sizes: tuple, device: torch.device,
             **kwargs):
-    """``sizes`` = (batch, N, H). Launch the resident kernel where it fits (``style`` "auto" or "resident"), else the chunked one; behind
-    Triton's autotuner on a GPU (its trial runs reset the barrier counters), plain in the interpreter."""
+    """``sizes`` = (batch, N, H). Launch the resident kernel where it fits (``style`` "auto" or "resident"), else
+    the chunked one; behind Triton's autotuner on a GPU (its trial runs reset the barrier counters), plain in the
+    interpreter."""
     batch, N, hidden = sizes
     style = style or DEFAULT_STYLE
     if style not in STYLES:
@@ -387,12 +388,12 @@ def forward_core(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, relu: bool, precis
     U = torch.empty_like(ux)
     H_ext[0], M_ext[0] = h0, m0
     counters = torch.zeros(triton.cdiv(batch, BLOCK_B), dtype=torch.int32, device=ux.device)
+    dummy = _dummy(ux)
     _launch(_lmu_cell_forward_kernel, _lmu_cell_forward_resident_kernel, "forward", style, (batch, N, hidden),
-            ux.device, ux_ptr=ux, xh_ptr=xh, AT_ptr=A_T, Bm_ptr=Bm, Eh_ptr=_dummy(ux) if E_h is None else E_h,
-        Em_ptr=_dummy(ux) if E_m is None else E_m, Wm_ptr=W_m, Wh_ptr=W_h, H_ptr=H_ext, M_ptr=M_ext, U_ptr=U,
-        sync_ptr=counters, T=time, B=batch, HID=hidden, N=N, D=D, BLOCK_B=BLOCK_B,
-        BLOCK_D=_padded(D), HAS_EH=E_h is not None, HAS_EM=E_m is not None, RELU=relu,
-        PRECISION=precision)
+            ux.device, ux_ptr=ux, xh_ptr=xh, AT_ptr=A_T, Bm_ptr=Bm, Eh_ptr=dummy if E_h is None else E_h,
+            Em_ptr=dummy if E_m is None else E_m, Wm_ptr=W_m, Wh_ptr=W_h, H_ptr=H_ext, M_ptr=M_ext, U_ptr=U,
+            sync_ptr=counters, T=time, B=batch, HID=hidden, N=N, D=D, BLOCK_B=BLOCK_B, BLOCK_D=_padded(D),
+            HAS_EH=E_h is not None, HAS_EM=E_m is not None, RELU=relu, PRECISION=precision)
     return H_ext, M_ext, U
 
 
@@ -407,13 +408,14 @@ def backward_core(grad_h, grad_m, H_ext, A_T, Bm, E_h, E_m, W_m, W_h, relu: bool
     DP[time], DM[time], DU[time] = 0, 0, 0  # nothing flows back from beyond the last step
     counters = torch.zeros(triton.cdiv(batch, BLOCK_B), dtype=torch.int32, device=grad_h.device)
     c = lambda x: x.t().contiguous()  # noqa: E731 - the kernels read every matrix row-major
+    dummy = _dummy(grad_h)
     _launch(_lmu_cell_backward_kernel, _lmu_cell_backward_resident_kernel, "backward", style,
-            (batch, N, hidden), grad_h.device, gh_ptr=grad_h, gm_ptr=_dummy(grad_h) if grad_m is None else grad_m, H_ptr=H_ext, A_ptr=c(A_T),
-        BmT_ptr=c(Bm), EhT_ptr=_dummy(grad_h) if E_h is None else c(E_h),
-        EmT_ptr=_dummy(grad_h) if E_m is None else c(E_m), WmT_ptr=c(W_m), WhT_ptr=c(W_h), DP_ptr=DP, DM_ptr=DM,
-        DU_ptr=DU, sync_ptr=counters, T=time, B=batch, HID=hidden, N=N, D=D, BLOCK_B=BLOCK_B,
-        BLOCK_D=_padded(D), HAS_EH=E_h is not None, HAS_EM=E_m is not None,
-        HAS_GM=grad_m is not None, RELU=relu, PRECISION=precision)
+            (batch, N, hidden), grad_h.device, gh_ptr=grad_h, gm_ptr=dummy if grad_m is None else grad_m,
+            H_ptr=H_ext, A_ptr=c(A_T), BmT_ptr=c(Bm), EhT_ptr=dummy if E_h is None else c(E_h),
+            EmT_ptr=dummy if E_m is None else c(E_m), WmT_ptr=c(W_m), WhT_ptr=c(W_h), DP_ptr=DP, DM_ptr=DM,
+            DU_ptr=DU, sync_ptr=counters, T=time, B=batch, HID=hidden, N=N, D=D, BLOCK_B=BLOCK_B,
+            BLOCK_D=_padded(D), HAS_EH=E_h is not None, HAS_EM=E_m is not None, HAS_GM=grad_m is not None,
+            RELU=relu, PRECISION=precision)
     DP, DM, DU = DP[:time], DM[:time], DU[:time]
     # What flows into the initial state, as the torch core's carries.
     grad_h0 = DP[0] @ W_h.t()

@@ -24,6 +24,6 @@ from .final import linear_memory_final, linear_memory_final_chunked
 from .naive import linear_memory_naive
 from .varying import StepMatrices, apply_step_matrices, linear_memory_varying, linear_memory_varying_naive
 
-__all__ = ["linear_memory_naive", "linear_memory_fft", "linear_memory_block_gemm", "linear_memory_conv", "linear_memory_final",
-           "linear_memory_final_chunked", "projected_memory_fft", "linear_memory_varying",
+__all__ = ["linear_memory_naive", "linear_memory_fft", "linear_memory_block_gemm", "linear_memory_conv",
+           "linear_memory_final", "linear_memory_final_chunked", "projected_memory_fft", "linear_memory_varying",
            "linear_memory_varying_naive", "apply_step_matrices", "StepMatrices"]

@@ -32,7 +32,7 @@ import functools
 
 import torch
 
-from .common import memory_from_causal_product
+from .common import check_causal_product_operands, memory_from_causal_product
 from .fft import toeplitz_kernel_gradient
 
 PRECISIONS = ("ieee", "tf32")
@@ -148,9 +148,7 @@ def block_gemm_toeplitz(u: torch.Tensor, kernel: torch.Tensor, precision: str = 
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if u.ndim != 3 or kernel.ndim != 2 or kernel.shape[0] != u.shape[1]:
-        raise ValueError(f"u must be (batch, time, D) and kernel (time, C) with the same time; got u "
-                         f"{tuple(u.shape)}, kernel {tuple(kernel.shape)}")
+    check_causal_product_operands(u, kernel)
     if u.dtype != kernel.dtype or u.device != kernel.device:
         raise ValueError(f"u and kernel must share dtype and device; got u {u.dtype} on {u.device}, kernel "
                          f"{kernel.dtype} on {kernel.device}")

@@ -49,6 +49,13 @@ def expand_dims(H: torch.Tensor, dims: int) -> torch.Tensor:
     return H.expand(dims, -1, -1) if H.shape[0] == 1 else H
 
 
+def check_causal_product_operands(u: torch.Tensor, kernel: torch.Tensor) -> None:
+    """Refuse operands of a causal Toeplitz product other than u ``(batch, time, D)`` and kernel ``(time, C)``."""
+    if u.ndim != 3 or kernel.ndim != 2 or kernel.shape[0] != u.shape[1]:
+        raise ValueError(f"u must be (batch, time, D) and kernel (time, C) with the same time; got u "
+                         f"{tuple(u.shape)}, kernel {tuple(kernel.shape)}")
+
+
 def memory_from_causal_product(product, name: str, u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor,
                                m0: torch.Tensor | None, impulse: torch.Tensor | None) -> torch.Tensor:
     """The memory of every step from a causal Toeplitz product ``product(u, kernel)`` (kernel ``(T, n)``) with

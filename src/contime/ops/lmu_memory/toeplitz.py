@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ..triton_env import interpreting, launch_device
-from .common import memory_from_causal_product
+from .common import check_causal_product_operands, memory_from_causal_product
 from .dispatch import MAX_ROWS
 from .fft import toeplitz_kernel_gradient
 
@@ -220,9 +220,7 @@ def causal_toeplitz(u: torch.Tensor, kernel: torch.Tensor, precision: str = "iee
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if forward_kernel not in FORWARD_KERNELS:
         raise ValueError(f"forward_kernel must be one of {FORWARD_KERNELS}, got {forward_kernel!r}")
-    if u.ndim != 3 or kernel.ndim != 2 or kernel.shape[0] != u.shape[1]:
-        raise ValueError(f"u must be (batch, time, D) and kernel (time, C) with the same time; got u "
-                         f"{tuple(u.shape)}, kernel {tuple(kernel.shape)}")
+    check_causal_product_operands(u, kernel)
     if u.shape[0] * u.shape[2] > MAX_ROWS:
         raise ValueError(f"causal_toeplitz takes at most {MAX_ROWS} (sequence, dimension) rows, got "
                          f"{u.shape[0] * u.shape[2]} (u {tuple(u.shape)}); use linear_memory_fft")
