@@ -21,7 +21,8 @@ from contime.ops.lmu_memory import linear_memory_fft
 from contime.ops.lmu_memory.toeplitz import causal_toeplitz
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
-RECURRENT_PRECISIONS = ("ieee", "tf32x3")  # tf32 compounds through a recurrence (measured 0.16): not checked
+# tf32 compounds through a recurrence (measured 0.16): not checked. "mixed" keeps the memory's products in tf32x3.
+RECURRENT_PRECISIONS = ("ieee", "tf32x3", "mixed")
 failures = []
 
 
@@ -35,7 +36,7 @@ def report(check, precision, what, got, ref, bound):
 
 
 def bound_for(precision):
-    return {"ieee": 1e-5, "tf32x3": 1e-5, "tf32": 1e-2}[precision]
+    return {"ieee": 1e-5, "tf32x3": 1e-5, "tf32": 1e-2, "mixed": 1e-2}[precision]
 
 
 def check_cell(time=64, batch=100, n=256, hidden=212):

@@ -59,16 +59,18 @@ def test_torch_backend_equals_the_loop_in_float64(config):
 
 
 @needs_triton
+@pytest.mark.parametrize("D", [1, 2])
 @pytest.mark.parametrize("style", ["resident", "chunked"])
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
-def test_triton_kernels_equal_the_loop(config, style, monkeypatch):
+def test_triton_kernels_equal_the_loop(config, style, D, monkeypatch):
     """Through Triton's interpreter on the CPU (see conftest.py), both kernel styles. The shapes cut every
-    block partially: batch 20 over programs of 16, N = 40 and H = 70 over chunks of 16 to 64 and 128."""
+    block partially: batch 20 over programs of 16, N = 40 and H = 70 over chunks of 16 to 64 and 128. With
+    D = 1 the products with E_h, E_m and Bm are broadcasts (``core_triton._mm``); with D = 2, padded products."""
     from contime.ops.lmu_cell import core_triton
     monkeypatch.setattr(core_triton, "DEFAULT_STYLE", style)
     config = dict(config)
     relu = config.pop("relu")
-    args32 = make_arguments(time=5, batch=20, D=2, n=20, hidden=70, dtype=torch.float32, **config)
+    args32 = make_arguments(time=5, batch=20, D=D, n=40 // D, hidden=70, dtype=torch.float32, **config)
     got = outputs_and_gradients(lambda *a, relu: lmu_cell_sequence(*a, relu=relu, backend="triton"), args32,
                                 relu)
     args64 = [a if a is None else a.detach().cpu().double().requires_grad_() for a in args32]
@@ -99,6 +101,36 @@ def test_triton_kernels_with_a_loss_on_h_only(time, style, monkeypatch):
     ref = run(lmu_cell_naive, args64)
     errors = relative_errors(got, ref)
     assert max(errors) < 1e-5, errors  # measured below 1e-6, as above
+
+
+@needs_triton
+def test_mixed_precision_keeps_the_memory_products_in_tf32x3(monkeypatch):
+    """"mixed": the kernels get tf32 for the hidden cell's products and tf32x3 for the memory's; the Toeplitz
+    memory (no recurrence) runs it as tf32. The interpreter computes every product in float32, so the GPU check
+    (benchmarks/gpu_kernel_check.py) measures the error; here, what reaches the launch."""
+    from contime.ops.lmu_cell import core_triton
+    from contime.ops.lmu_memory.dispatch import toeplitz_precision
+    assert core_triton.product_precisions("mixed") == {"PRECISION": "tf32", "MEMORY_PRECISION": "tf32x3"}
+    for precision in ("ieee", "tf32x3", "tf32"):
+        assert core_triton.product_precisions(precision) == {"PRECISION": precision, "MEMORY_PRECISION": precision}
+        assert toeplitz_precision(precision) == precision
+    assert toeplitz_precision("mixed") == "tf32"
+    # Tensor-core products make the resident kernels spill: "auto" then takes the chunked ones.
+    assert core_triton.wants_resident("auto", core_triton.product_precisions("ieee"))
+    for precision in ("mixed", "tf32x3", "tf32"):
+        assert not core_triton.wants_resident("auto", core_triton.product_precisions(precision))
+        assert core_triton.wants_resident("resident", core_triton.product_precisions(precision))
+    assert not core_triton.wants_resident("chunked", core_triton.product_precisions("ieee"))
+    launches = []
+    launch = core_triton._launch
+    monkeypatch.setattr(core_triton, "_launch", lambda *a, **kw: launches.append(kw) or launch(*a, **kw))
+    args32 = make_arguments(time=3, batch=4, D=1, n=5, hidden=6, dtype=torch.float32)
+    args64 = [a.detach().double().requires_grad_() for a in args32]
+    got = outputs_and_gradients(lambda *a, relu: lmu_cell_sequence(*a, relu=relu, backend="triton",
+                                                                   precision="mixed"), args32, False)
+    assert [(kw["PRECISION"], kw["MEMORY_PRECISION"]) for kw in launches] == [("tf32", "tf32x3")] * 2
+    assert max(relative_errors(got, outputs_and_gradients(lmu_cell_naive, args64, False))) < 1e-5
+    assert contime.LMU(1, 1, 4, 5.0, nn.RNNCell(4, 3), kernel_precision="mixed").kernel_precision == "mixed"
 
 
 def test_lmu_fused_mode_trains_theta_like_the_loop():

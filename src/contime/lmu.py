@@ -103,10 +103,11 @@ class LMU(nn.Module):
             only) runs the whole cell as one autograd node: a persistent Triton kernel on CUDA, the same
             algorithm in torch ops elsewhere (see ``contime.ops.lmu_cell``).
         kernel_precision: the products of the Triton kernels on CUDA (the "fused" mode, and "fft" where a
-            Toeplitz kernel replaces the FFT): "ieee" (float32), "tf32x3" (near float32) or "tf32". Measured
-            at the psMNIST shape on an H100 (``contime bench --precision``): tf32 costs the Toeplitz memory
-            ~8e-4 relative error, but compounds through the fused recurrence to 0.16 (outputs) and 0.35
-            (gradients); tf32x3 keeps it at 2.5e-5 / 5.9e-5.
+            Toeplitz kernel replaces the FFT): "ieee" (float32), "tf32x3" (near float32), "tf32", or "mixed"
+            (tf32 except for the fused memory's state products, which stay tf32x3). Measured at the psMNIST
+            shape on an H100 (``contime bench --precision``): tf32 costs the Toeplitz memory ~8e-4 relative
+            error, but compounds through the fused recurrence to 0.16 (outputs) and 0.35 (gradients); tf32x3
+            keeps it at 2.5e-5 / 5.9e-5.
         conv_tol: the "conv" mode cuts the impulse response where it stays below this fraction of its peak.
 
     Shapes:

@@ -28,7 +28,7 @@ from ..triton_env import interpreting, triton_available
 from . import core_torch
 
 BACKENDS = ("auto", "torch", "triton")
-PRECISIONS = ("ieee", "tf32x3", "tf32")
+PRECISIONS = ("ieee", "tf32x3", "tf32", "mixed")
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
@@ -145,8 +145,9 @@ def lmu_cell_sequence(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, *, relu: bool
         E_m: ``(N, D)`` or None; W_m: ``(N, H)``; W_h: ``(H, H)``; m0: ``(B, N)``; h0: ``(B, H)``.
         relu: relu instead of tanh.
         backend: "auto", "torch" or "triton" (see ``resolve_backend``).
-        precision: products in "ieee" float32, "tf32x3" (three tf32 products, near float32) or "tf32" (Triton
-            backend only; torch follows its own ``torch.backends.cuda.matmul.allow_tf32``).
+        precision: products in "ieee" float32, "tf32x3" (three tf32 products, near float32), "tf32", or "mixed"
+            (tf32x3 for the memory's products, tf32 for the hidden cell's; ``core_triton.product_precisions``).
+            Triton backend only; torch follows its own ``torch.backends.cuda.matmul.allow_tf32``.
 
     Returns:
         hs ``(T, B, H)`` and ms ``(T, B, N)``: h_t and m_t for every step.

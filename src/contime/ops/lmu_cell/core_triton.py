@@ -14,9 +14,10 @@ two barriers per step. All programs of a group must be resident at once: the lau
 ``groups * SPLIT`` within the SM count, and the program id puts a group's members side by side.
 
 The kernels fill exactly the buffers that ``core_torch`` fills; ``contime.ops.lmu_cell`` holds the
-equations. ``precision`` is Triton's ``input_precision`` of every product: "ieee" (float32 products), "tf32x3"
-(three tf32 products, near float32) or "tf32" (one; its ~1e-3 error per product compounds through the
-recurrence: measured 15-24% relative error after 784 steps on an H100, so it is for experiments only).
+equations. ``precision`` sets Triton's ``input_precision`` of the products: "ieee" (float32 products), "tf32x3"
+(three tf32 products, near float32), "tf32" (one; its ~1e-3 error per product compounds through the
+recurrence: measured 15-24% relative error after 784 steps on an H100, so it is for experiments only), or
+"mixed": tf32x3 for the memory's products, tf32 for the hidden cell's (see ``product_precisions``).
 
 Tried and measured slower (H100, runs 7-9 of ``benchmarks/measured/issue6_h100``): one barrier per step, with
 h_t computed from m_{t-1} (A_T W_m) + u_t (Bm W_m) so that m_t and h_t need only the previous step. The resident
@@ -58,6 +59,19 @@ def _put(ptr, value, rows, cols, n_rows, n_cols, row_stride):
 
 
 @triton.jit
+def _mm(a, b, PRECISION: tl.constexpr):
+    """a @ b. With one input dimension (D = 1, so BLOCK_D = 1) a product with E_h, E_m or Bm has an inner or outer
+    size of 1: it is then a broadcast product, instead of a tensor-core product padded to 16 whose padded operand
+    (a (256, 16) tile at the psMNIST shape) would stay live in registers for the whole sequence."""
+    if b.shape[0] == 1:  # (M, 1) @ (1, N): an outer product
+        return a * b
+    elif b.shape[1] == 1:  # (M, K) @ (K, 1): a row reduction
+        return tl.sum(a * tl.trans(b), axis=1, keep_dims=True)
+    else:
+        return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
 def _program_in_group(sync_ptr, BLOCK_B: tl.constexpr):
     """(member, SPLIT, counter, rows): this program's place in its group (axis 0: which columns, of SPLIT
     members; axis 1: which BLOCK_B sequences), the group's barrier counter, and its sequences' row indices."""
@@ -83,7 +97,8 @@ def _lmu_cell_forward_kernel(
         H_ptr, M_ptr, U_ptr, sync_ptr,  # outputs: H_ext (T+1, B, H), M_ext (T+1, B, N), U (T, B, D); counters
         T, B, HID, N, D,
         BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr):
+        HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr,
+        MEMORY_PRECISION: tl.constexpr):
     member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
     rd = tl.arange(0, BLOCK_D)
     rk = tl.arange(0, BLOCK_K)
@@ -98,20 +113,19 @@ def _lmu_cell_forward_kernel(
         u = _tile(ux_ptr + tt * B * D, rb, rd, B, D, D)
         if HAS_EH:
             for k0 in range(0, HID, BLOCK_K):
-                u += tl.dot(_state(h_prev, rb, k0 + rk, B, HID, HID), _tile(Eh_ptr, k0 + rk, rd, HID, D, D),
-                            input_precision=PRECISION)
+                u += _mm(_state(h_prev, rb, k0 + rk, B, HID, HID), _tile(Eh_ptr, k0 + rk, rd, HID, D, D),
+                         MEMORY_PRECISION)
         if HAS_EM:
             for k0 in range(0, N, BLOCK_K):
-                u += tl.dot(_state(m_prev, rb, k0 + rk, B, N, N), _tile(Em_ptr, k0 + rk, rd, N, D, D),
-                            input_precision=PRECISION)
+                u += _mm(_state(m_prev, rb, k0 + rk, B, N, N), _tile(Em_ptr, k0 + rk, rd, N, D, D), MEMORY_PRECISION)
         if member == 0:
             _put(U_ptr + tt * B * D, u, rb, rd, B, D, D)
         # Phase 2: this member's column chunks of m_t = m_{t-1} A^T + u_t Bm.
         for j0 in range(member * BLOCK_N, N, SPLIT * BLOCK_N):
-            acc = tl.dot(u, _tile(Bm_ptr, rd, j0 + rn, D, N, N), input_precision=PRECISION)
+            acc = _mm(u, _tile(Bm_ptr, rd, j0 + rn, D, N, N), MEMORY_PRECISION)
             for k0 in range(0, N, BLOCK_K):
                 acc += tl.dot(_state(m_prev, rb, k0 + rk, B, N, N), _tile(AT_ptr, k0 + rk, j0 + rn, N, N, N),
-                              input_precision=PRECISION)
+                              input_precision=MEMORY_PRECISION)
             _put(m_new, acc, rb, j0 + rn, B, N, N)
         _group_barrier(counter, (2 * t + 1) * SPLIT)  # all of m_t written
         # Phase 3: this member's column chunks of h_t = act(xh_t + m_t W_m + h_{t-1} W_h).
@@ -138,7 +152,8 @@ def _lmu_cell_backward_kernel(
         T, B, HID, N, D,
         BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, HAS_GM: tl.constexpr, RELU: tl.constexpr,
-        PRECISION: tl.constexpr):
+        PRECISION: tl.constexpr,
+        MEMORY_PRECISION: tl.constexpr):
     member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
     rd = tl.arange(0, BLOCK_D)
     rk = tl.arange(0, BLOCK_K)
@@ -158,7 +173,7 @@ def _lmu_cell_backward_kernel(
                 acc += tl.dot(_state(dp_next, rb, k0 + rk, B, HID, HID),
                               _tile(WhT_ptr, k0 + rk, j0 + rn, HID, HID, HID), input_precision=PRECISION)
             if HAS_EH:
-                acc += tl.dot(du_later, _tile(EhT_ptr, rd, j0 + rn, D, HID, HID), input_precision=PRECISION)
+                acc += _mm(du_later, _tile(EhT_ptr, rd, j0 + rn, D, HID, HID), MEMORY_PRECISION)
             h = _tile(H_ptr + (tt + 1) * B * HID, rb, j0 + rn, B, HID, HID)
             if RELU:
                 acc = tl.where(h > 0, acc, 0.0)
@@ -174,9 +189,9 @@ def _lmu_cell_backward_kernel(
                 acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
             for k0 in range(0, N, BLOCK_K):
                 acc += tl.dot(_state(dm_next, rb, k0 + rk, B, N, N), _tile(A_ptr, k0 + rk, j0 + rn, N, N, N),
-                              input_precision=PRECISION)
+                              input_precision=MEMORY_PRECISION)
             if HAS_EM:
-                acc += tl.dot(du_later, _tile(EmT_ptr, rd, j0 + rn, D, N, N), input_precision=PRECISION)
+                acc += _mm(du_later, _tile(EmT_ptr, rd, j0 + rn, D, N, N), MEMORY_PRECISION)
             for k0 in range(0, HID, BLOCK_K):
                 acc += tl.dot(_state(dp_now, rb, k0 + rk, B, HID, HID),
                               _tile(WmT_ptr, k0 + rk, j0 + rn, HID, N, N), input_precision=PRECISION)
@@ -185,8 +200,8 @@ def _lmu_cell_backward_kernel(
         # Phase 3: du_t = dm_t Bm^T, small: every member computes it; one stores it.
         du = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)
         for k0 in range(0, N, BLOCK_K):
-            du += tl.dot(_state(dm_now, rb, k0 + rk, B, N, N), _tile(BmT_ptr, k0 + rk, rd, N, D, D),
-                         input_precision=PRECISION)
+            du += _mm(_state(dm_now, rb, k0 + rk, B, N, N), _tile(BmT_ptr, k0 + rk, rd, N, D, D),
+                      MEMORY_PRECISION)
         if member == 0:
             _put(DU_ptr + tt * B * D, du, rb, rd, B, D, D)
         du_later = du
@@ -197,7 +212,8 @@ def _lmu_cell_forward_resident_kernel(
         ux_ptr, xh_ptr, AT_ptr, Bm_ptr, Eh_ptr, Em_ptr, Wm_ptr, Wh_ptr, H_ptr, M_ptr, U_ptr, sync_ptr,
         T, B, HID, N, D,
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr, HP: tl.constexpr,
-        HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr):
+        HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr,
+        MEMORY_PRECISION: tl.constexpr):
     """The forward with each member's weight columns held on chip for the whole sequence: member k owns the
     k-th chunk of BLOCK_N columns of m and of h (the group has cdiv(max(N, H), BLOCK_N) members), so a step
     is three state loads, five products and two barriers. NP, HP: N and H rounded up to powers of two."""
@@ -220,12 +236,12 @@ def _lmu_cell_forward_resident_kernel(
         m_prev = _state(M_ptr + tt * B * N, rb, rn_all, B, N, N)  # (BLOCK_B, NP)
         u = _tile(ux_ptr + tt * B * D, rb, rd, B, D, D)
         if HAS_EH:
-            u += tl.dot(h_prev, Eh, input_precision=PRECISION)
+            u += _mm(h_prev, Eh, MEMORY_PRECISION)
         if HAS_EM:
-            u += tl.dot(m_prev, Em, input_precision=PRECISION)
+            u += _mm(m_prev, Em, MEMORY_PRECISION)
         if member == 0:
             _put(U_ptr + tt * B * D, u, rb, rd, B, D, D)
-        m = tl.dot(m_prev, A_cols, input_precision=PRECISION) + tl.dot(u, B_cols, input_precision=PRECISION)
+        m = tl.dot(m_prev, A_cols, input_precision=MEMORY_PRECISION) + _mm(u, B_cols, MEMORY_PRECISION)
         _put(M_ptr + (tt + 1) * B * N, m, rb, cols, B, N, N)
         pre = _tile(xh_ptr + tt * B * HID, rb, cols, B, HID, HID) + tl.dot(h_prev, Wh_cols, input_precision=PRECISION)
         _group_barrier(counter, (2 * t + 1) * SPLIT)  # all of m_t written
@@ -245,7 +261,8 @@ def _lmu_cell_backward_resident_kernel(
         T, B, HID, N, D,
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr, HP: tl.constexpr,
         HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, HAS_GM: tl.constexpr, RELU: tl.constexpr,
-        PRECISION: tl.constexpr):
+        PRECISION: tl.constexpr,
+        MEMORY_PRECISION: tl.constexpr):
     """The backward counterpart of ``_lmu_cell_forward_resident_kernel``."""
     member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
     rd = tl.arange(0, BLOCK_D)
@@ -268,25 +285,25 @@ def _lmu_cell_backward_resident_kernel(
         dm_next = _state(DM_ptr + (tt + 1) * B * N, rb, rn_all, B, N, N)
         dp = _tile(gh_ptr + tt * B * HID, rb, cols, B, HID, HID) + tl.dot(dp_next, WhT_cols, input_precision=PRECISION)
         if HAS_EH:
-            dp += tl.dot(du_later, EhT_cols, input_precision=PRECISION)
+            dp += _mm(du_later, EhT_cols, MEMORY_PRECISION)
         h = _tile(H_ptr + (tt + 1) * B * HID, rb, cols, B, HID, HID)
         if RELU:
             dp = tl.where(h > 0, dp, 0.0)
         else:
             dp = dp * (1.0 - h * h)
         _put(DP_ptr + tt * B * HID, dp, rb, cols, B, HID, HID)
-        dm = tl.dot(dm_next, A_cols, input_precision=PRECISION)
+        dm = tl.dot(dm_next, A_cols, input_precision=MEMORY_PRECISION)
         if HAS_GM:
             dm += _tile(gm_ptr + tt * B * N, rb, cols, B, N, N)
         if HAS_EM:
-            dm += tl.dot(du_later, EmT_cols, input_precision=PRECISION)
+            dm += _mm(du_later, EmT_cols, MEMORY_PRECISION)
         _group_barrier(counter, (2 * step + 1) * SPLIT)  # all of dp_t written
         dp_now = _state(DP_ptr + tt * B * HID, rb, rh_all, B, HID, HID)
         dm += tl.dot(dp_now, WmT_cols, input_precision=PRECISION)
         _put(DM_ptr + tt * B * N, dm, rb, cols, B, N, N)
         _group_barrier(counter, (2 * step + 2) * SPLIT)  # all of dm_t written
         dm_now = _state(DM_ptr + tt * B * N, rb, rn_all, B, N, N)
-        du = tl.dot(dm_now, BmT, input_precision=PRECISION)
+        du = _mm(dm_now, BmT, MEMORY_PRECISION)
         if member == 0:
             _put(DU_ptr + tt * B * D, du, rb, rd, B, D, D)
         du_later = du
@@ -294,8 +311,15 @@ def _lmu_cell_backward_resident_kernel(
 
 # Tile shapes tried by the autotuner on a GPU (per batch, hidden, memory and input size); the interpreter
 # takes the first.
-CELL_CONFIGS = [(32, 32, 4), (64, 32, 4), (32, 16, 4), (32, 64, 4)]  # BLOCK_K, BLOCK_N, warps (chunked kernels)
-RESIDENT_CONFIGS = [(16, 4), (32, 4), (32, 8), (64, 8)]  # BLOCK_N, warps (resident kernels)
+# BLOCK_K, BLOCK_N, warps of the chunked kernels. ptxas (benchmarks/triton_registers.py) at the psMNIST widths,
+# D = 1: with 4 warps only 32 / 16 / 4 compiles without spills in both precisions ("ieee" and "mixed"); with 8
+# warps 32 / 32 and 32 / 16 do too.
+CELL_CONFIGS = [(32, 32, 4), (64, 32, 4), (32, 16, 4), (32, 64, 4), (32, 32, 8), (32, 16, 8), (32, 64, 8)]
+# BLOCK_N, warps of the resident kernels. The weights they hold grow with BLOCK_N and are spread over the warps:
+# ptxas (benchmarks/triton_registers.py, from the CPU) finds 16 / 8, 16 / 16, 32 / 8 and 32 / 16 free of spills
+# at the psMNIST widths with D = 1 in float32, while 32 / 4 and 64 / 8 spill over a kilobyte. Which is fastest
+# is measured by the autotuner on the GPU.
+RESIDENT_CONFIGS = [(16, 4), (16, 8), (16, 16), (32, 4), (32, 8), (32, 16), (64, 8), (64, 16)]
 RESIDENT_MAX_WIDTH = 256  # N and H (rounded up to powers of two) up to which the weights stay on chip
 BLOCK_B = 16  # the smallest row count of a tensor-core product
 STYLES = ("auto", "resident", "chunked")
@@ -306,6 +330,22 @@ def _padded(size: int) -> int:
     """A state width as the kernels hold it: the next power of two, at least 16 (a tensor-core product needs
     K >= 16; the masks zero the padding)."""
     return max(16, triton.next_power_of_2(size))
+
+
+def _input_width(D: int) -> int:
+    """BLOCK_D: 1 for one input dimension (``_mm`` then broadcasts instead of padding a product), else padded."""
+    return 1 if D == 1 else _padded(D)
+
+
+def product_precisions(precision: str) -> dict:
+    """The kernels' input precisions for ``precision``: PRECISION for the hidden cell's products (W_h, W_m) and
+    MEMORY_PRECISION for the memory's (A_T, Bm, E_h, E_m). "mixed" runs the memory's in tf32x3: A_T multiplies
+    the state at every step, so a tf32 rounding of it compounds over the sequence (the whole cell in tf32
+    measured 0.16 relative error after 784 steps on an H100), while the hidden products' rounding is added once
+    per step and squashed by the activation, as in cuDNN's TF32 LSTM."""
+    if precision == "mixed":
+        return {"PRECISION": "tf32", "MEMORY_PRECISION": "tf32x3"}
+    return {"PRECISION": precision, "MEMORY_PRECISION": precision}
 
 
 def _dummy(like: torch.Tensor) -> torch.Tensor:
@@ -340,6 +380,15 @@ def _resident_widths(batch: int, N: int, hidden: int, device: torch.device) -> l
     return [n for n, _ in RESIDENT_CONFIGS if groups * triton.cdiv(max(N, hidden), n) <= sms]
 
 
+def wants_resident(style: str, precisions: dict) -> bool:
+    """Whether ``style`` asks for the resident kernels with these ``product_precisions``. With tensor-core
+    products they spill kilobytes per thread (ptxas: 32 registers and 11-14 KB of spill stores in tf32x3, 0.2-5
+    KB in "mixed", every tile; benchmarks/triton_registers.py), so "auto" keeps them for "ieee" products, where
+    four tiles compile without spills."""
+    tensor_cores = any(p != "ieee" for p in precisions.values())
+    return style == "resident" or style == "auto" and not tensor_cores
+
+
 def _launch(chunked_kernel, resident_kernel, name: str, style: str, sizes: tuple, device: torch.device,
             **kwargs):
     """``sizes`` = (batch, N, H). Launch the resident kernel where it fits (``style`` "auto" or "resident"), else
@@ -350,7 +399,8 @@ def _launch(chunked_kernel, resident_kernel, name: str, style: str, sizes: tuple
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     groups = triton.cdiv(batch, BLOCK_B)
-    widths = _resident_widths(batch, N, hidden, device) if style != "chunked" else []
+    resident = wants_resident(style, {k: kwargs[k] for k in ("PRECISION", "MEMORY_PRECISION")})
+    widths = _resident_widths(batch, N, hidden, device) if resident else []
     if style == "resident" and not widths:
         raise ValueError(f"the resident kernels need N and H <= {RESIDENT_MAX_WIDTH} and a grid the SMs hold; "
                          f"got N={N}, H={hidden}, batch={batch}")
@@ -370,7 +420,8 @@ def _launch(chunked_kernel, resident_kernel, name: str, style: str, sizes: tuple
     if key not in _TUNED:
         # The batch is left out of the key: a new batch size (a last partial batch) would retune everything.
         _TUNED[key] = triton.autotune(configs=[triton.Config(meta, num_warps=w) for meta, w in configs],
-                                      key=["HID", "N", "D", "PRECISION"], reset_to_zero=["sync_ptr"])(kernel)
+                                      key=["HID", "N", "D", "PRECISION", "MEMORY_PRECISION"],
+                                      reset_to_zero=["sync_ptr"])(kernel)
     _TUNED[name] = _TUNED[key]  # the last one used, for gpu_kernel_tune.py
     with launch_device(device):
         _TUNED[key][grid](**kwargs, **extra)
@@ -379,8 +430,8 @@ def _launch(chunked_kernel, resident_kernel, name: str, style: str, sizes: tuple
 def forward_core(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, relu: bool, precision: str = "ieee",
                  style: str | None = None):
     """Same contract as ``core_torch.forward_core``; every tensor float32 and contiguous on one device.
-    ``style``: "resident" (weights on chip; where they fit), "chunked", or "auto" (resident where it fits);
-    None: ``DEFAULT_STYLE``."""
+    ``style``: "resident" (weights on chip; where they fit), "chunked", or "auto" (resident where it fits, for
+    "ieee" products only; see ``_launch``); None: ``DEFAULT_STYLE``."""
     time, batch, D = ux.shape
     hidden, N = W_h.shape[0], A_T.shape[0]
     H_ext = ux.new_empty(time + 1, batch, hidden)
@@ -392,8 +443,8 @@ def forward_core(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, relu: bool, precis
     _launch(_lmu_cell_forward_kernel, _lmu_cell_forward_resident_kernel, "forward", style, (batch, N, hidden),
             ux.device, ux_ptr=ux, xh_ptr=xh, AT_ptr=A_T, Bm_ptr=Bm, Eh_ptr=dummy if E_h is None else E_h,
             Em_ptr=dummy if E_m is None else E_m, Wm_ptr=W_m, Wh_ptr=W_h, H_ptr=H_ext, M_ptr=M_ext, U_ptr=U,
-            sync_ptr=counters, T=time, B=batch, HID=hidden, N=N, D=D, BLOCK_B=BLOCK_B, BLOCK_D=_padded(D),
-            HAS_EH=E_h is not None, HAS_EM=E_m is not None, RELU=relu, PRECISION=precision)
+            sync_ptr=counters, T=time, B=batch, HID=hidden, N=N, D=D, BLOCK_B=BLOCK_B, BLOCK_D=_input_width(D),
+            HAS_EH=E_h is not None, HAS_EM=E_m is not None, RELU=relu, **product_precisions(precision))
     return H_ext, M_ext, U
 
 
@@ -414,8 +465,8 @@ def backward_core(grad_h, grad_m, H_ext, A_T, Bm, E_h, E_m, W_m, W_h, relu: bool
             H_ptr=H_ext, A_ptr=c(A_T), BmT_ptr=c(Bm), EhT_ptr=dummy if E_h is None else c(E_h),
             EmT_ptr=dummy if E_m is None else c(E_m), WmT_ptr=c(W_m), WhT_ptr=c(W_h), DP_ptr=DP, DM_ptr=DM,
             DU_ptr=DU, sync_ptr=counters, T=time, B=batch, HID=hidden, N=N, D=D, BLOCK_B=BLOCK_B,
-            BLOCK_D=_padded(D), HAS_EH=E_h is not None, HAS_EM=E_m is not None, HAS_GM=grad_m is not None,
-            RELU=relu, PRECISION=precision)
+            BLOCK_D=_input_width(D), HAS_EH=E_h is not None, HAS_EM=E_m is not None, HAS_GM=grad_m is not None,
+            RELU=relu, **product_precisions(precision))
     DP, DM, DU = DP[:time], DM[:time], DU[:time]
     # What flows into the initial state, as the torch core's carries.
     grad_h0 = DP[0] @ W_h.t()

@@ -32,6 +32,13 @@ def use_triton_memory(u: torch.Tensor, A_bar: torch.Tensor, precision: str = "ie
             and triton_available())
 
 
+def toeplitz_precision(precision: str) -> str:
+    """The Toeplitz product's precision for an LMU's ``kernel_precision``. "mixed" means tf32 wherever a rounding
+    does not compound (``contime.ops.lmu_cell.core_triton.product_precisions``): the Toeplitz product has no
+    recurrence (each output is one sum over the impulse response), so it is "tf32" here."""
+    return "tf32" if precision == "mixed" else precision
+
+
 def _wants_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -56,7 +63,8 @@ def memory_all_steps(u, A_bar, B_bar, m0, H, precision: str = "ieee") -> torch.T
     """m for every step, ``(batch, time, D, n)``; arguments as ``linear_memory_fft`` (H may be None)."""
     if use_triton_memory(u, A_bar, precision, _wants_grad(u, A_bar, B_bar, m0, H)):
         from .toeplitz import linear_memory_toeplitz
-        return linear_memory_toeplitz(u, A_bar, B_bar, m0, impulse=H, precision=precision)
+        return linear_memory_toeplitz(u, A_bar, B_bar, m0, impulse=H,
+                                      precision=toeplitz_precision(precision))
     return linear_memory_fft(u, A_bar, B_bar, m0, impulse=H)
 
 
@@ -73,7 +81,7 @@ def causal_projection(u, A_bar, B_bar, weight, m0, H, precision: str = "ieee") -
         time = u.shape[1]
         H = impulse_response(A_bar, B_bar, time) if H is None else H  # (1, T, n)
         kernel = H[0] @ weight[:, 0, :].t()  # (T, G)
-        out = causal_toeplitz(u, kernel, precision)[:, :, 0]  # (batch, T, G)
+        out = causal_toeplitz(u, kernel, toeplitz_precision(precision))[:, :, 0]  # (batch, T, G)
         if m0 is not None:
             out = out + torch.einsum("btdn,gdn->btg", zero_input_response(A_bar, m0, time), weight)
         return out
