@@ -38,7 +38,7 @@ def test_quick_run_writes_one_line_per_path_and_pass(quick_run):
         assert "error" not in r, r
         if r.get("skipped"):  # only what needs CUDA: the Triton kernels and their precisions
             assert r["ms"] is None and ("CUDA" in r["skipped"] or "Triton" in r["skipped"]), r
-            assert r["path"].startswith("memory-toeplitz") or r["path"].endswith(("-tf32", "-tf32x3")), r
+            assert r["path"].startswith("memory-toeplitz") or r["path"].endswith(("-tf32", "-tf32x3", "-mixed")), r
             continue
         assert TIMING_KEYS <= set(r), TIMING_KEYS - set(r)
         assert r["ms"] > 0 and r["min_ms"] <= r["ms"] and r["repeat"] == 2 and len(r["times_ms"]) == 2
@@ -60,6 +60,35 @@ def test_quick_run_has_the_lstm_baseline_and_floors(quick_run):
         assert 0 < fft["floor_fraction"] == pytest.approx(fft["floor_ms"] / fft["ms"])
         assert by_key[("lmu-fft", pass_name)]["floor_fraction"] is None  # no floor for a cell
     assert "x LSTM" in result.output and "memory-fft" in result.output
+
+
+def test_the_lstm_baselines_set_cudnn_tf32_in_both_passes(quick_run):
+    """"lstm" runs with cuDNN's TF32 allowed (PyTorch's default), "lstm-fp32" without, in the forward and in the
+    backward (cuDNN's RNN backward reads the flag again); the flag is restored afterwards."""
+    _, records = quick_run
+    by_key = {(r["path"], r["pass"]): r for r in records}
+    assert by_key[("lstm", "forward")]["cudnn_allow_tf32"] is True
+    assert by_key[("lstm-fp32", "backward")]["cudnn_allow_tf32"] is False
+    seen = []
+
+    class Record(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            seen.append(("forward", torch.backends.cudnn.allow_tf32))
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            seen.append(("backward", torch.backends.cudnn.allow_tf32))
+            return grad
+
+    before = torch.backends.cudnn.allow_tf32
+    case = build_case("lstm-fp32", QUICK_SHAPE, "cpu")
+    run = case.run
+    case.run = lambda inp: Record.apply(run(inp))
+    case.pass_fn("backward", case.output_grad())()
+    assert seen == [("forward", False), ("forward", False), ("backward", False)]
+    assert torch.backends.cudnn.allow_tf32 == before
 
 
 def test_bad_options_name_the_option():

@@ -26,6 +26,7 @@ with ``draw``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
@@ -86,6 +87,8 @@ class Case:
     parameters: tensors whose gradients the backward pass computes beside the input's (weights of a cell).
     floor_bytes: pass name -> bytes that pass must at least move (see ``traffic_floor``); None: no floor.
     info: extra keys for the JSON record (e.g. the LSTM's layout).
+    settings: a context manager factory that every pass runs inside, forward and backward (e.g. cuDNN's math
+        mode, which its backward reads again).
     """
 
     run: Callable[[torch.Tensor], torch.Tensor]
@@ -93,10 +96,11 @@ class Case:
     parameters: tuple[torch.Tensor, ...] = ()
     floor_bytes: dict[str, int] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    settings: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     def output_grad(self, seed: int = SEED + 1) -> torch.Tensor:
         """A random gradient of the output's shape and dtype (from one untimed forward call)."""
-        with torch.no_grad():
+        with torch.no_grad(), self.settings():
             out = self.run(self.input)
         return draw(tuple(out.shape), out.device, out.dtype, seed)
 
@@ -105,7 +109,7 @@ class Case:
         autograd and then the gradients of the input and ``parameters`` for the output gradient ``grad``."""
         if pass_name == "forward":
             def forward():
-                with torch.no_grad():
+                with torch.no_grad(), self.settings():
                     return self.run(self.input)
             return forward
         if pass_name == "backward":
@@ -115,9 +119,10 @@ class Case:
             inputs = (x, *self.parameters)
 
             def forward_backward():
-                out = self.run(x)
-                # autograd.grad, not .backward(): nothing accumulates across repeated calls.
-                return torch.autograd.grad(out, inputs, grad, allow_unused=True)
+                with self.settings():
+                    out = self.run(x)
+                    # autograd.grad, not .backward(): nothing accumulates across repeated calls.
+                    return torch.autograd.grad(out, inputs, grad, allow_unused=True)
             return forward_backward
         raise ValueError(f"pass must be one of {PASSES}, got {pass_name!r}")
 
@@ -296,6 +301,9 @@ LMU_CONFIGS: dict[str, dict[str, Any]] = {
     "cell-tf32": {"hidden_to_memory": True, "kernel_precision": "tf32"},
     "cell-tf32x3": {"hidden_to_memory": True, "kernel_precision": "tf32x3"},
     "psmnist-tf32": {"input_to_hidden": True, "kernel_precision": "tf32"},
+    # tf32 except for the memory's state products (tf32x3): the precision of cuDNN's default (TF32) LSTM.
+    "cell-mixed": {"hidden_to_memory": True, "kernel_precision": "mixed"},
+    "psmnist-mixed": {"input_to_hidden": True, "kernel_precision": "mixed"},
 }
 
 
@@ -337,23 +345,39 @@ register_lmu_path("lmu-cell-fused-tf32x3", mode="fused", config="cell-tf32x3")
 register_lmu_path("lmu-cell-fused-tf32", mode="fused", config="cell-tf32")
 register_lmu_path("lmu-fft", mode="fft", config="psmnist")  # on CUDA: the projected Toeplitz kernel
 register_lmu_path("lmu-fft-tf32", mode="fft", config="psmnist-tf32")
+register_lmu_path("lmu-cell-fused-mixed", mode="fused", config="cell-mixed")
 register_lmu_path("lmu-fused", mode="fused", config="psmnist")
+register_lmu_path("lmu-fused-mixed", mode="fused", config="psmnist-mixed")
 register_lmu_path("lmu-loop", mode="recurrent", config="psmnist")
 
 
 # ---------------------------------------------------------------------------------------------------- baseline
-@register_path(REFERENCE_PATH, kind="baseline",
-               description="nn.LSTM(1, hidden) (cuDNN on CUDA), last output; the faster of the two layouts")
-def _lstm(shape, device, dtype):
+@contextlib.contextmanager
+def cudnn_tf32(allowed: bool):
+    """torch.backends.cudnn.allow_tf32 set to ``allowed`` inside (restored after). PyTorch's default, True, lets
+    cuDNN's RNNs run their float32 products on TF32 tensor cores (its RNN descriptor then gets
+    CUDNN_DEFAULT_MATH instead of CUDNN_FMA_MATH)."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
+
+
+def lstm_case(shape: BenchShape, device: torch.device, dtype: torch.dtype, tf32: bool) -> Case:
+    """``nn.LSTM(1, hidden)``: x ``(batch, time, 1)`` -> last output ``(batch, hidden)``, in the faster of the
+    batch-first and time-major layouts (measured here), with cuDNN's TF32 allowed or not."""
     batch_first = module_on(nn.LSTM(1, shape.hidden, batch_first=True), device, dtype)
     time_major = module_on(nn.LSTM(1, shape.hidden), device, dtype)
     time_major.load_state_dict(batch_first.state_dict())
     x = draw((shape.batch, shape.time, 1), device, dtype)
+    settings = lambda: cudnn_tf32(tf32)  # noqa: E731
     cases = {
         "batch_first": Case(run=lambda inp: batch_first(inp)[0][:, -1], input=x,
-                            parameters=tuple(batch_first.parameters())),
+                            parameters=tuple(batch_first.parameters()), settings=settings),
         "time_major": Case(run=lambda inp: time_major(inp)[0][-1], input=x.transpose(0, 1).contiguous(),
-                           parameters=tuple(time_major.parameters())),
+                           parameters=tuple(time_major.parameters()), settings=settings),
     }
     # The layout is picked by the forward + backward time (training is where it matters), measured here.
     layout_ms = {}
@@ -363,5 +387,17 @@ def _lstm(shape, device, dtype):
     layout = min(layout_ms, key=layout_ms.get)
     chosen = cases[layout]
     chosen.info = {"layout": layout, "layout_fwd_bwd_ms": layout_ms,
-                   "cudnn": bool(device.type == "cuda" and torch.backends.cudnn.enabled)}
+                   "cudnn": bool(device.type == "cuda" and torch.backends.cudnn.enabled), "cudnn_allow_tf32": tf32}
     return chosen
+
+
+@register_path(REFERENCE_PATH, kind="baseline",
+               description="nn.LSTM(1, hidden) (cuDNN on CUDA, TF32 allowed: PyTorch's default), last output")
+def _lstm(shape, device, dtype):
+    return lstm_case(shape, device, dtype, tf32=True)
+
+
+@register_path("lstm-fp32", kind="baseline",
+               description="the same LSTM with cuDNN's TF32 off (float32 products, as the 'ieee' kernels)")
+def _lstm_fp32(shape, device, dtype):
+    return lstm_case(shape, device, dtype, tf32=False)
