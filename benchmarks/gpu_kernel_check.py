@@ -16,7 +16,7 @@ from torch import nn
 import contime
 from contime.bench.precision import relative_error
 from contime.legendre import discretize, impulse_response
-from contime.ops.lmu_cell import lmu_cell_naive, lmu_cell_sequence
+from contime.ops.lmu_cell import lmu_cell_convolution, lmu_cell_naive, lmu_cell_sequence
 from contime.ops.lmu_memory import linear_memory_fft
 from contime.ops.lmu_memory.toeplitz import causal_toeplitz
 
@@ -61,6 +61,36 @@ def check_cell(time=64, batch=100, n=256, hidden=212):
             report("fused-cell", precision, name, a.detach(), b.detach(), bound_for(precision))
 
 
+def check_convolution_cell(time=64, batch=100, n=256, hidden=212):
+    """The convolution algorithm (hidden_to_memory, no E_m) against the state loop in float64: hs, every memory
+    state (from the inputs us) and the gradients."""
+    torch.manual_seed(5)
+    scale = 0.05
+    shapes = [(time, batch, 1), (time, batch, hidden), (hidden, 1), (n, hidden), (hidden, hidden), (batch, hidden)]
+    ux, xh, E_h, W_m, W_h, h0 = [torch.randn(s, dtype=torch.float64) * scale for s in shapes]
+    A, B = discretize(n, torch.tensor([784.0], dtype=torch.float64), 1.0, "zoh")
+    A_T, Bm = A[0].t().contiguous(), B.clone()
+    H = impulse_response(A, B, time)[0]  # (T, n): H_j = Bm A_T^j
+    leaves64 = [t.clone().requires_grad_() for t in (ux, xh, E_h, W_m, W_h, h0)]
+    l_ux, l_xh, l_E_h, l_W_m, l_W_h, l_h0 = leaves64
+    hs, ms = lmu_cell_naive(l_ux, l_xh, A_T, Bm, l_E_h, None, l_W_m, l_W_h, torch.zeros(batch, n, dtype=torch.float64),
+                            l_h0)
+    g_h, g_m = torch.randn_like(hs), torch.randn_like(ms)
+    ref = [hs, ms, *torch.autograd.grad((hs * g_h).sum() + (ms * g_m).sum(), leaves64)]
+    names = ["hs", "ms", "ux", "xh", "E_h", "W_m", "W_h", "h0"]
+    for precision in PRECISIONS:
+        leaves = [t.float().cuda().requires_grad_() for t in (ux, xh, E_h, W_m, W_h, h0)]
+        c_ux, c_xh, c_E_h, c_W_m, c_W_h, c_h0 = leaves
+        Hc = H.float().cuda()
+        hs, us = lmu_cell_convolution(c_ux, c_xh, Hc, c_E_h, c_W_m, c_W_h, c_h0, backend="triton",
+                                      precision=precision)
+        ms = causal_toeplitz(us.transpose(0, 1).contiguous(), Hc, "ieee")[:, :, 0].transpose(0, 1)
+        got = [hs, ms, *torch.autograd.grad((hs * g_h.float().cuda()).sum() + (ms * g_m.float().cuda()).sum(),
+                                            leaves)]
+        for name, a, b in zip(names, got, ref):
+            report("convolution-cell", precision, name, a.detach(), b.detach(), bound_for(precision))
+
+
 def check_lmu_fused_mode(time=784, batch=100, n=256, hidden=212):
     torch.manual_seed(2)
     lmu = contime.LMU(1, 1, n, 784.0, nn.RNNCell(n, hidden), hidden_to_memory=True, return_sequences=False)
@@ -68,16 +98,17 @@ def check_lmu_fused_mode(time=784, batch=100, n=256, hidden=212):
     x = torch.randn(batch, time, 1, dtype=torch.float64)
     lmu64.mode = "recurrent"
     y_ref, state_ref = lmu64(x)
-    for precision in RECURRENT_PRECISIONS:
+    runs = [("state", p) for p in RECURRENT_PRECISIONS] + [("convolution", p) for p in PRECISIONS]
+    for algorithm, precision in runs:
         lmu32 = contime.LMU(1, 1, n, 784.0, nn.RNNCell(n, hidden), hidden_to_memory=True, return_sequences=False,
-                            mode="fused", kernel_precision=precision)
+                            mode="fused", kernel_precision=precision, fused_algorithm=algorithm)
         lmu32.load_state_dict({k: v.float() for k, v in lmu64.state_dict().items()})
         lmu32 = lmu32.cuda()
         with torch.no_grad():
             y, state = lmu32(x.float().cuda())
-        report("lmu-fused-mode-784", precision, "y", y, y_ref.detach(), bound_for(precision) * 10)
-        report("lmu-fused-mode-784", precision, "memory", state.memory, state_ref.memory.detach(),
-               bound_for(precision) * 10)
+        check = f"lmu-fused-{algorithm}-784"
+        report(check, precision, "y", y, y_ref.detach(), bound_for(precision) * 10)
+        report(check, precision, "memory", state.memory, state_ref.memory.detach(), bound_for(precision) * 10)
 
 
 def check_toeplitz(time=784, batch=100, n=256):
@@ -118,7 +149,8 @@ if __name__ == "__main__":
     from contime.ops.lmu_cell import core_triton
     print(json.dumps({"programs_per_group": {n: core_triton._group_size(100, 256, n, torch.device("cuda"))
                                              for n in (32, 64, 128)}}), flush=True)
-    checks = {f.__name__: f for f in (check_cell, check_toeplitz, check_lmu_projected, check_lmu_fused_mode)}
+    checks = {f.__name__: f for f in (check_cell, check_convolution_cell, check_toeplitz, check_lmu_projected,
+                                      check_lmu_fused_mode)}
     for check in [checks[name] for name in sys.argv[1:]] or checks.values():
         try:
             check()

@@ -1,7 +1,8 @@
 """The autotuned Triton kernels at the psMNIST shape, on a GPU: one JSON line per kernel and precision with the
 median time of the chosen tile and the autotuner's timing of every tile it tried.
 
-Fused LMU cell (hidden_to_memory, batch 100, 784 steps, order 256, hidden 212): forward and backward cores.
+Fused LMU cell (hidden_to_memory, batch 100, 784 steps, order 256, hidden 212): forward and backward cores, of
+the state algorithm and of the convolution one.
 Toeplitz memory forward: the "rows" (autotuned) and "columns" tilings. Times: triton.testing.do_bench medians.
 """
 
@@ -13,7 +14,7 @@ import torch
 from triton.testing import do_bench
 
 from contime.legendre import discretize, impulse_response
-from contime.ops.lmu_cell import core_triton
+from contime.ops.lmu_cell import convolution_triton, core_triton
 from contime.ops.lmu_memory import toeplitz
 
 T, B, n, H = 784, 100, 256, 212
@@ -45,6 +46,22 @@ def tune_cell():
                           "backward_tiles": timings_of(core_triton._TUNED["backward"])}), flush=True)
 
 
+def tune_convolution():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g) * 0.05  # noqa: E731
+    ux, xh, K, E_h, W_h, h0, gh = r(T, B, 1), r(T, B, H), r(T, H), r(H, 1), r(H, H), r(B, H), r(T, B, H)
+    for precision in ("ieee", "tf32"):
+        fwd = do_bench(lambda: convolution_triton.forward_core(ux, xh, K, E_h, W_h, h0, False, precision),
+                       warmup=50, rep=300)
+        H_ext, _ = convolution_triton.forward_core(ux, xh, K, E_h, W_h, h0, False, precision)
+        bwd = do_bench(lambda: convolution_triton.backward_core(gh, None, H_ext, K, E_h, W_h, False, precision),
+                       warmup=50, rep=300)
+        print(json.dumps({"kernel": "lmu-cell-convolution", "precision": precision, "forward_ms": fwd,
+                          "backward_ms": bwd,
+                          "forward_tiles": timings_of(core_triton._TUNED["convolution-forward"]),
+                          "backward_tiles": timings_of(core_triton._TUNED["convolution-backward"])}), flush=True)
+
+
 def tune_toeplitz():
     A, Bv = discretize(n, torch.tensor([784.0], dtype=torch.float64), 1.0, "zoh")
     Hk = impulse_response(A, Bv, T)[0].float().cuda()
@@ -59,8 +76,10 @@ def tune_toeplitz():
 
 if __name__ == "__main__":
     import sys
-    parts = sys.argv[1:] or ["cell", "toeplitz"]
+    parts = sys.argv[1:] or ["cell", "convolution", "toeplitz"]
     if "cell" in parts:
         tune_cell()
+    if "convolution" in parts:
+        tune_convolution()
     if "toeplitz" in parts:
         tune_toeplitz()

@@ -13,7 +13,7 @@ import sys
 
 os.environ["TRITON_INTERPRET"] = "0"
 
-from contime.ops.lmu_cell import core_triton  # noqa: E402
+from contime.ops.lmu_cell import convolution_triton, core_triton  # noqa: E402
 from contime.ops.lmu_memory import toeplitz  # noqa: E402
 from contime.ops.triton_env import compile_for_gpu  # noqa: E402
 
@@ -46,6 +46,11 @@ def main(full: bool) -> None:
                 common = dict(BLOCK_B=16, BLOCK_K=block_k, BLOCK_N=block_n, BLOCK_D=block_d, **products)
                 compile_kernel(core_triton._lmu_cell_forward_kernel, {**common, **flags})
                 compile_kernel(core_triton._lmu_cell_backward_kernel, {**common, **flags, "HAS_GM": False})
+        for block_n, block_k, block_s, _ in convolution_triton.CONFIGS[:None if full else 1]:
+            common = dict(BLOCK_B=16, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_S=block_s, HAS_EH=True, RELU=False,
+                          PRECISION=products["PRECISION"])
+            compile_kernel(convolution_triton._convolution_forward_kernel, common)
+            compile_kernel(convolution_triton._convolution_backward_kernel, {**common, "MEMBERS": 16, "HAS_GU": True})
         if precision == "mixed":  # the Toeplitz kernels run "mixed" as tf32
             continue
         for m, n, k, _, _ in toeplitz.ROWS_CONFIGS[:None if full else 1]:

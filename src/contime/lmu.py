@@ -34,12 +34,13 @@ from .ops.lmu_memory import (
     StepMatrices,
 )
 from .ops.lmu_cell import PRECISIONS as KERNEL_PRECISIONS
-from .ops.lmu_cell import lmu_cell_sequence, triton_available
+from .ops.lmu_cell import lmu_cell_convolution, lmu_cell_sequence, triton_available
 from .ops.lmu_memory.dispatch import causal_projection, memory_all_steps
-from .ops.lmu_memory.common import apply_state_matrix
+from .ops.lmu_memory.common import apply_state_matrix, zero_input_response
 from .ops.lmu_memory.final import FINAL_CHUNK
 
 MODES = ("auto", "recurrent", "fused", "fft", "conv", "final")
+FUSED_ALGORITHMS = ("state", "convolution")
 CPU_FUSED_MAX_WIDTH = 128  # on the CPU the fused cell beats the loop only for small layers (see resolve_mode)
 
 
@@ -109,6 +110,11 @@ class LMU(nn.Module):
             error, but compounds through the fused recurrence to 0.16 (outputs) and 0.35 (gradients); tf32x3
             keeps it at 2.5e-5 / 5.9e-5.
         conv_tol: the "conv" mode cuts the impulse response where it stays below this fraction of its peak.
+        fused_algorithm: how the "fused" mode computes the cell. "state" carries the memory as a state (two
+            barriers per step in the GPU kernels); "convolution" (memory_d == 1, no memory_to_memory, at most
+            4,096 steps) feeds h the memory as a convolution of past inputs with K_j = H_j W_m, so each step
+            depends on the previous one through h alone (one barrier per step, O(T^2) work); see
+            ``contime.ops.lmu_cell.convolution``.
 
     Shapes:
         x: ``(batch, time, input_size)``; lengths: ``(batch,)`` ints in [1, time].
@@ -122,7 +128,7 @@ class LMU(nn.Module):
                  trainable_theta: bool = False, discretizer: str = "zoh", input_kernel: bool = True,
                  use_bias: bool = False, dropout: float = 0.0, recurrent_dropout: float = 0.0,
                  return_sequences: bool = True, batch_first: bool = True, mode: str = "auto",
-                 conv_tol: float = 1e-10, kernel_precision: str = "ieee"):
+                 conv_tol: float = 1e-10, kernel_precision: str = "ieee", fused_algorithm: str = "state"):
         super().__init__()
         self.input_size = _positive_int("input_size", input_size)
         self.memory_d = _positive_int("memory_d", memory_d)
@@ -149,6 +155,12 @@ class LMU(nn.Module):
         if kernel_precision not in KERNEL_PRECISIONS:
             raise ValueError(f"kernel_precision must be one of {KERNEL_PRECISIONS}, got {kernel_precision!r}")
         self.kernel_precision = kernel_precision
+        if fused_algorithm not in FUSED_ALGORITHMS:
+            raise ValueError(f"fused_algorithm must be one of {FUSED_ALGORITHMS}, got {fused_algorithm!r}")
+        if fused_algorithm == "convolution" and (memory_d != 1 or self.memory_to_memory):
+            raise ValueError("fused_algorithm='convolution' needs memory_d == 1 and no memory_to_memory, got "
+                             f"memory_d={memory_d}, memory_to_memory={self.memory_to_memory}")
+        self.fused_algorithm = fused_algorithm
 
         self.theta = nn.Parameter(self._theta_tensor(theta), requires_grad=bool(trainable_theta))
         memory_size = self.memory_d * self.order
@@ -516,8 +528,9 @@ class LMU(nn.Module):
         final_memory = linear_memory_final(u_x, A_bar, B_bar, m0, lengths, impulse=H).reshape(batch, -1)
         return h, LMUState(final_memory, h[last])
 
-    def _forward_fused(self, x, u_x, state, A_bar, B_bar):
-        """The "fused" mode: the whole cell as one autograd node (``contime.ops.lmu_cell``), time-major."""
+    def _forward_fused(self, x, u_x, state, A_bar, B_bar, H, starts_at_zero):
+        """The "fused" mode: the whole cell as one autograd node (``contime.ops.lmu_cell``), time-major. H: the
+        impulse response ``(1, time, n)`` for the convolution algorithm, else None."""
         cell = self.hidden_cell
         D, n = self.memory_d, self.order
         N = D * n
@@ -550,9 +563,20 @@ class LMU(nn.Module):
             if tensor is not None:
                 dtype = torch.promote_types(dtype, tensor.dtype)
         args = [t if t is None else t.to(dtype) for t in args]
+        relu = cell.nonlinearity == "relu"
+        if self.fused_algorithm == "convolution":
+            ux, xh, _, _, E_h, _, W_m, W_h, m0, h0 = args
+            m0 = None if starts_at_zero else m0[:, None]  # (batch, 1, n)
+            A_bar, B_bar = A_bar.to(dtype), B_bar.to(dtype)
+            with torch.autocast(x.device.type, enabled=False):
+                if m0 is not None:  # what m0 contributes to every step's m_t W_m, added to the input drive
+                    xh = xh + (zero_input_response(A_bar, m0, ux.shape[0])[:, :, 0] @ W_m).transpose(0, 1)
+                hs, us = lmu_cell_convolution(ux, xh, H[0].to(dtype), E_h, W_m, W_h, h0, relu=relu,
+                                              backend="auto", precision=self.kernel_precision)
+                memory = linear_memory_final(us.transpose(0, 1), A_bar, B_bar, m0, impulse=H.to(dtype))
+            return hs.transpose(0, 1), LMUState(memory.reshape(memory.shape[0], -1), hs[-1])
         with torch.autocast(x.device.type, enabled=False):
-            hs, ms = lmu_cell_sequence(*args, relu=cell.nonlinearity == "relu",
-                                       backend="auto", precision=self.kernel_precision)
+            hs, ms = lmu_cell_sequence(*args, relu=relu, backend="auto", precision=self.kernel_precision)
         return hs.transpose(0, 1), LMUState(ms[-1], hs[-1])
 
     def _forward_varying(self, x, u_x, state, dt, lengths, recurrent_mask, starts_at_zero):
@@ -614,7 +638,8 @@ class LMU(nn.Module):
             mode = self._auto_mode(x.device, allow_fused=False)
         if mode != "varying":  # uniform steps (of length time_scale): the LMU's own modes
             # "final" streams sequences longer than FINAL_CHUNK: H for one chunk only, not the whole length.
-            length = (None if mode in ("recurrent", "fused")  # loops need no impulse response
+            convolution = mode == "fused" and self.fused_algorithm == "convolution"
+            length = (None if mode == "recurrent" or mode == "fused" and not convolution  # loops need no H
                       else min(time, FINAL_CHUNK) if mode == "final" else time)
             # Streaming raises A_bar to the chunk length: from the float64 matrices, not their cast (float32,
             # order 64, theta 8,000, 20,000 steps: 1.6e-5 relative error from the cast, 4.6e-7 without it).
@@ -633,7 +658,7 @@ class LMU(nn.Module):
         elif mode == "recurrent":
             y, state = self._forward_recurrent(x, u_x, state, A_bar, B_bar, lengths, recurrent_mask)
         elif mode == "fused":
-            y, state = self._forward_fused(x, u_x, state, A_bar, B_bar)
+            y, state = self._forward_fused(x, u_x, state, A_bar, B_bar, H, starts_at_zero)
         else:
             y, state = self._forward_parallel(mode, x, u_x, state, A_bar, B_bar, H, lengths, starts_at_zero)
         if mode != "final":  # "final" already returns the last step only

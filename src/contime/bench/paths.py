@@ -304,6 +304,11 @@ LMU_CONFIGS: dict[str, dict[str, Any]] = {
     # tf32 except for the memory's state products (tf32x3): the precision of cuDNN's default (TF32) LSTM.
     "cell-mixed": {"hidden_to_memory": True, "kernel_precision": "mixed"},
     "psmnist-mixed": {"input_to_hidden": True, "kernel_precision": "mixed"},
+    # The memory's feedback as a convolution of past inputs (one barrier per step; contime.ops.lmu_cell.convolution).
+    "cell-conv": {"hidden_to_memory": True, "fused_algorithm": "convolution"},
+    "cell-conv-tf32": {"hidden_to_memory": True, "fused_algorithm": "convolution", "kernel_precision": "tf32"},
+    "psmnist-conv": {"input_to_hidden": True, "fused_algorithm": "convolution"},
+    "psmnist-conv-tf32": {"input_to_hidden": True, "fused_algorithm": "convolution", "kernel_precision": "tf32"},
 }
 
 
@@ -348,6 +353,10 @@ register_lmu_path("lmu-fft-tf32", mode="fft", config="psmnist-tf32")
 register_lmu_path("lmu-cell-fused-mixed", mode="fused", config="cell-mixed")
 register_lmu_path("lmu-fused", mode="fused", config="psmnist")
 register_lmu_path("lmu-fused-mixed", mode="fused", config="psmnist-mixed")
+register_lmu_path("lmu-cell-fused-conv", mode="fused", config="cell-conv")
+register_lmu_path("lmu-cell-fused-conv-tf32", mode="fused", config="cell-conv-tf32")
+register_lmu_path("lmu-fused-conv", mode="fused", config="psmnist-conv")
+register_lmu_path("lmu-fused-conv-tf32", mode="fused", config="psmnist-conv-tf32")
 register_lmu_path("lmu-loop", mode="recurrent", config="psmnist")
 
 

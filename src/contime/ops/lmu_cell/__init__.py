@@ -17,7 +17,9 @@ and every weight gradient is then one matrix product over all steps and sequence
 
 Backends of the sequential part: "triton" (persistent kernels, CUDA or ``TRITON_INTERPRET=1``) and "torch"
 (the same algorithm with torch ops, any device). ``lmu_cell_naive`` is the reference: a plain loop that
-autograd differentiates.
+autograd differentiates. ``lmu_cell_convolution`` (module ``convolution``) computes the same cell, for one
+memory input and no memory_to_memory, with the memory's feedback as a convolution over past inputs: one
+barrier per step in its kernels instead of two.
 """
 
 from __future__ import annotations
@@ -178,5 +180,7 @@ def lmu_cell_naive(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, *, relu: bool = 
     return torch.stack(hs), torch.stack(ms)
 
 
-__all__ = ["lmu_cell_sequence", "lmu_cell_naive", "triton_available", "resolve_backend", "BACKENDS",
-           "PRECISIONS"]
+from .convolution import lmu_cell_convolution  # noqa: E402 - it reads this module's checks
+
+__all__ = ["lmu_cell_sequence", "lmu_cell_naive", "lmu_cell_convolution", "triton_available", "resolve_backend",
+           "BACKENDS", "PRECISIONS"]

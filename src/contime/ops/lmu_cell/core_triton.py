@@ -412,19 +412,25 @@ def _launch(chunked_kernel, resident_kernel, name: str, style: str, sizes: tuple
         kernel, extra = chunked_kernel, {}
         configs = [({"BLOCK_K": k, "BLOCK_N": n}, w) for k, n, w in CELL_CONFIGS]
         grid = lambda meta: (_group_size(batch, max(N, hidden), meta["BLOCK_N"], device), groups)  # noqa: E731
+    launch_autotuned(name, kernel, configs, grid, device, ["HID", "N", "D", "PRECISION", "MEMORY_PRECISION"],
+                     **kwargs, **extra)
+
+
+def launch_autotuned(name: str, kernel, configs: list, grid, device: torch.device, tune_key: list, **kwargs):
+    """Launch a kernel with a group barrier behind Triton's autotuner on a GPU (its trial runs reset the counters
+    ``sync_ptr``), or with the first of ``configs`` ((meta, warps) pairs) in the interpreter. ``tune_key``: the
+    arguments whose values retune; leave the batch out (a last partial batch would retune everything)."""
     if interpreting():
         meta, warps = configs[0]
-        kernel[grid(meta)](**kwargs, **extra, **meta, num_warps=warps)
+        kernel[grid(meta)](**kwargs, **meta, num_warps=warps)
         return
     key = (name, kernel.__name__, tuple(sorted(str(c) for c in configs)))
     if key not in _TUNED:
-        # The batch is left out of the key: a new batch size (a last partial batch) would retune everything.
         _TUNED[key] = triton.autotune(configs=[triton.Config(meta, num_warps=w) for meta, w in configs],
-                                      key=["HID", "N", "D", "PRECISION", "MEMORY_PRECISION"],
-                                      reset_to_zero=["sync_ptr"])(kernel)
+                                      key=tune_key, reset_to_zero=["sync_ptr"])(kernel)
     _TUNED[name] = _TUNED[key]  # the last one used, for gpu_kernel_tune.py
     with launch_device(device):
-        _TUNED[key][grid](**kwargs, **extra)
+        _TUNED[key][grid](**kwargs)
 
 
 def forward_core(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, relu: bool, precision: str = "ieee",

@@ -1,0 +1,185 @@
+"""The convolution algorithm of the LMU cell (``convolution``) as two persistent Triton kernels.
+
+As in ``core_triton``, the batch is cut into blocks of BLOCK_B sequences, each served by a group of SPLIT
+programs that share the columns of h_t and meet at a barrier in global memory; here once per step:
+
+- forward, step t: every member reads h_{t-1} whole, computes u_t = ux_t + h_{t-1} E_h itself (a row sum:
+  member 0 also stores it), and for its columns of h_t adds h_{t-1} W_h and the convolution
+  sum_{s<t} u_s K_{t-s} (one product per BLOCK_S earlier steps, u_s read back from U) + u_t K_0.
+- backward, step t (from the last): every member reads dp_{t+1} whole and the members' partial sums of
+  du_{t+1}, computes dp_t for its columns, and its partial sum of du_t over them:
+  sum_{t'>=t} dp_{t'}[cols] . K_{t'-t}[cols], from the dp it wrote itself at the later steps.
+
+No weight stays on chip across steps (the resident kernels of ``core_triton`` spill with tensor-core products):
+W_h and K are read from L2 at every step.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .core_triton import (BLOCK_B, _group_barrier, _group_size, _program_in_group, _put, _state, _tile,
+                          launch_autotuned, product_precisions)
+
+# BLOCK_N (columns of h per member), BLOCK_K (rows of W_h per product), BLOCK_S (earlier steps per product),
+# warps; the autotuner picks on the GPU.
+CONFIGS = [(16, 32, 32, 4), (16, 32, 64, 4), (32, 32, 32, 4), (16, 32, 32, 8), (32, 32, 64, 8), (16, 64, 64, 8)]
+
+
+@triton.jit
+def _convolution_forward_kernel(
+        ux_ptr, xh_ptr, K_ptr, eh_ptr, Wh_ptr,  # inputs
+        H_ptr, U_ptr, sync_ptr,  # outputs: H_ext (T+1, B, H) with H_ext[0] = h0, U (T, B); counters
+        T, B, HID,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
+        HAS_EH: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr):
+    member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
+    rk = tl.arange(0, BLOCK_K)
+    rn = tl.arange(0, BLOCK_N)
+    rs = tl.arange(0, BLOCK_S)
+    b_ok = rb < B
+    for t in range(T):
+        tt = tl.cast(t, tl.int64)  # offsets of (T, B, H) buffers can pass 2**31
+        h_prev = H_ptr + tt * B * HID
+        u = tl.load(ux_ptr + tt * B + rb, mask=b_ok, other=0.0)  # (BLOCK_B,)
+        if HAS_EH:
+            for k0 in range(0, HID, BLOCK_K):
+                eh = tl.load(eh_ptr + k0 + rk, mask=k0 + rk < HID, other=0.0)
+                u += tl.sum(_state(h_prev, rb, k0 + rk, B, HID, HID) * eh[None, :], axis=1)
+        if member == 0:
+            tl.store(U_ptr + tt * B + rb, u, mask=b_ok)
+        for j0 in range(member * BLOCK_N, HID, SPLIT * BLOCK_N):
+            cols = j0 + rn
+            c_ok = cols < HID
+            acc = _tile(xh_ptr + tt * B * HID, rb, cols, B, HID, HID)
+            for k0 in range(0, HID, BLOCK_K):
+                acc += tl.dot(_state(h_prev, rb, k0 + rk, B, HID, HID), _tile(Wh_ptr, k0 + rk, cols, HID, HID, HID),
+                              input_precision=PRECISION)
+            acc += u[:, None] * tl.load(K_ptr + cols, mask=c_ok, other=0.0)[None, :]  # s = t: K_0
+            for s0 in range(0, t, BLOCK_S):  # s < t: the inputs stored at the earlier steps
+                s = s0 + rs
+                earlier = s < t
+                us = tl.load(U_ptr + s[None, :].to(tl.int64) * B + rb[:, None], mask=b_ok[:, None] & earlier[None, :],
+                             other=0.0, cache_modifier=".cg")  # (BLOCK_B, BLOCK_S)
+                ks = tl.load(K_ptr + (t - s)[:, None].to(tl.int64) * HID + cols[None, :],
+                             mask=earlier[:, None] & c_ok[None, :], other=0.0)  # (BLOCK_S, BLOCK_N): K_{t-s}
+                acc += tl.dot(us, ks, input_precision=PRECISION)
+            if RELU:
+                h = tl.maximum(acc, 0.0)
+            else:
+                h = 2.0 * tl.sigmoid(2.0 * acc) - 1.0  # tanh
+            _put(H_ptr + (tt + 1) * B * HID, h, rb, cols, B, HID, HID)
+        _group_barrier(counter, (t + 1) * SPLIT)  # all of h_t written
+
+
+@triton.jit
+def _convolution_backward_kernel(
+        gh_ptr, gu_ptr, H_ptr, K_ptr, eh_ptr, WhT_ptr,  # inputs
+        DP_ptr, DU_ptr, PART_ptr, sync_ptr,  # outputs (T+1, B, H), (T+1, B), (T+1, MEMBERS, B): entry T zero
+        T, B, HID,
+        BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
+        MEMBERS: tl.constexpr, HAS_EH: tl.constexpr, HAS_GU: tl.constexpr, RELU: tl.constexpr,
+        PRECISION: tl.constexpr):
+    member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
+    rk = tl.arange(0, BLOCK_K)
+    rn = tl.arange(0, BLOCK_N)
+    rm = tl.arange(0, MEMBERS)
+    flat = tl.arange(0, BLOCK_S * BLOCK_N)  # (later step, column) pairs of one chunk of dp's history
+    b_ok = rb < B
+    for step in range(T):
+        t = T - 1 - step
+        tt = tl.cast(t, tl.int64)  # offsets of (T, B, H) buffers can pass 2**31
+        dp_next = DP_ptr + (tt + 1) * B * HID
+        parts = tl.load(PART_ptr + (tt + 1) * MEMBERS * B + rm[:, None] * B + rb[None, :],
+                        mask=(rm[:, None] < SPLIT) & b_ok[None, :], other=0.0, cache_modifier=".cg")
+        du_next = tl.sum(parts, axis=0)  # (BLOCK_B,): d loss / d u_{t+1}
+        if HAS_GU:
+            du_next += tl.load(gu_ptr + (tt + 1) * B + rb, mask=b_ok & (t + 1 < T), other=0.0)
+        if member == 0:
+            tl.store(DU_ptr + (tt + 1) * B + rb, du_next, mask=b_ok)
+        partial = tl.zeros((BLOCK_B,), dtype=tl.float32)  # this member's share of du_t
+        for j0 in range(member * BLOCK_N, HID, SPLIT * BLOCK_N):
+            cols = j0 + rn
+            c_ok = cols < HID
+            g = _tile(gh_ptr + tt * B * HID, rb, cols, B, HID, HID)
+            for k0 in range(0, HID, BLOCK_K):
+                g += tl.dot(_state(dp_next, rb, k0 + rk, B, HID, HID), _tile(WhT_ptr, k0 + rk, cols, HID, HID, HID),
+                            input_precision=PRECISION)
+            if HAS_EH:
+                g += du_next[:, None] * tl.load(eh_ptr + cols, mask=c_ok, other=0.0)[None, :]
+            h = _tile(H_ptr + (tt + 1) * B * HID, rb, cols, B, HID, HID)
+            if RELU:
+                dp = tl.where(h > 0, g, 0.0)
+            else:
+                dp = g * (1.0 - h * h)
+            _put(DP_ptr + tt * B * HID, dp, rb, cols, B, HID, HID)
+            partial += tl.sum(dp * tl.load(K_ptr + cols, mask=c_ok, other=0.0)[None, :], axis=1)  # t' = t
+            for r0 in range(t + 1, T, BLOCK_S):  # t' > t: the dp this member wrote at the later steps
+                later = r0 + flat // BLOCK_N
+                col = j0 + flat % BLOCK_N
+                ok = (later < T) & (col < HID)
+                dps = tl.load(DP_ptr + later[None, :].to(tl.int64) * B * HID + rb[:, None] * HID + col[None, :],
+                              mask=b_ok[:, None] & ok[None, :], other=0.0, cache_modifier=".cg")
+                ks = tl.load(K_ptr + (later - t).to(tl.int64) * HID + col, mask=ok, other=0.0)  # K_{t'-t}
+                partial += tl.sum(dps * ks[None, :], axis=1)
+        tl.store(PART_ptr + tt * MEMBERS * B + member * B + rb, partial, mask=b_ok)
+        _group_barrier(counter, (step + 1) * SPLIT)  # all of dp_t and the partial sums of du_t written
+
+
+def _dummy(like: torch.Tensor) -> torch.Tensor:
+    return like.new_zeros(1)
+
+
+def _grid(batch: int, hidden: int, device: torch.device):
+    groups = triton.cdiv(batch, BLOCK_B)
+    return lambda meta: (_group_size(batch, hidden, meta["BLOCK_N"], device), groups)
+
+
+def _configs():
+    return [({"BLOCK_N": n, "BLOCK_K": k, "BLOCK_S": s}, w) for n, k, s, w in CONFIGS]
+
+
+def forward_core(ux, xh, K, E_h, W_h, h0, relu: bool, precision: str = "ieee"):
+    """Same contract as ``convolution_torch.forward_core``; every tensor float32 and contiguous on one device."""
+    time, batch, _ = ux.shape
+    hidden = W_h.shape[0]
+    H_ext = ux.new_empty(time + 1, batch, hidden)
+    U = torch.empty_like(ux)
+    H_ext[0] = h0
+    counters = torch.zeros(triton.cdiv(batch, BLOCK_B), dtype=torch.int32, device=ux.device)
+    # No product here multiplies a memory state: "mixed" is tf32 throughout.
+    launch_autotuned("convolution-forward", _convolution_forward_kernel, _configs(),
+                     _grid(batch, hidden, ux.device), ux.device, ["HID", "PRECISION"],
+                     ux_ptr=ux, xh_ptr=xh, K_ptr=K, eh_ptr=_dummy(ux) if E_h is None else E_h, Wh_ptr=W_h,
+                     H_ptr=H_ext, U_ptr=U, sync_ptr=counters, T=time, B=batch, HID=hidden, BLOCK_B=BLOCK_B,
+                     HAS_EH=E_h is not None, RELU=relu,
+                     PRECISION=product_precisions(precision)["PRECISION"])
+    return H_ext, U
+
+
+def backward_core(grad_h, grad_u, H_ext, K, E_h, W_h, relu: bool, precision: str = "ieee"):
+    """Same contract as ``convolution_torch.backward_core``."""
+    time, batch, hidden = grad_h.shape
+    device = grad_h.device
+    members = max(_grid(batch, hidden, device)({"BLOCK_N": n})[0] for n, _, _, _ in CONFIGS)
+    DP = grad_h.new_empty(time + 1, batch, hidden)
+    DU = grad_h.new_empty(time + 1, batch)
+    PART = grad_h.new_zeros(time + 1, triton.next_power_of_2(members), batch)
+    DP[time], DU[time] = 0, 0  # nothing flows back from beyond the last step
+    counters = torch.zeros(triton.cdiv(batch, BLOCK_B), dtype=torch.int32, device=device)
+    launch_autotuned("convolution-backward", _convolution_backward_kernel, _configs(), _grid(batch, hidden, device),
+                     device, ["HID", "PRECISION"],
+                     gh_ptr=grad_h, gu_ptr=_dummy(grad_h) if grad_u is None else grad_u, H_ptr=H_ext, K_ptr=K,
+                     eh_ptr=_dummy(grad_h) if E_h is None else E_h, WhT_ptr=W_h.t().contiguous(), DP_ptr=DP,
+                     DU_ptr=DU, PART_ptr=PART, sync_ptr=counters, T=time, B=batch, HID=hidden, BLOCK_B=BLOCK_B,
+                     MEMBERS=PART.shape[1], HAS_EH=E_h is not None, HAS_GU=grad_u is not None,
+                     RELU=relu, PRECISION=product_precisions(precision)["PRECISION"])
+    # du_0 is the one sum the kernel leaves: its members' partial sums at step 0.
+    DU[0] = PART[0].sum(0) + (0 if grad_u is None else grad_u[0, :, 0])
+    DP, DU = DP[:time], DU[:time, :, None]
+    grad_h0 = DP[0] @ W_h.t()
+    if E_h is not None:
+        grad_h0 = torch.addmm(grad_h0, DU[0], E_h.t())
+    return DP, DU, grad_h0
