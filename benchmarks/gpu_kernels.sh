@@ -8,7 +8,14 @@
 # (git-ignored; carry it): pip download --no-deps -d wheels pysiglib==4.0.0 torchcde==0.2.5 torchsde==0.2.6
 # trampoline==0.1.2 nengo==4.1.0
 # Settings: PYTHON (python3), STEPS (check,tune,bench,long: which parts run), CHECKS (gpu_kernel_check.py's
-# checks, default all), BENCH_ARGS (bench options; default --precision, the error table).
+# checks, default all), TUNE_ARGS (gpu_kernel_tune.py's parts: cell convolution toeplitz, default all),
+# BENCH_ARGS (bench options; default --precision, the error table), CHECK_S / TUNE_S / BENCH_S (time limits).
+#
+# The fused cell's two algorithms against both LSTMs, and the block-GEMM memory, in one call of ~8 minutes:
+#   STEPS=check,bench CHECKS="check_convolution_cell check_lmu_fused_mode" BENCH_S=360 BENCH_ARGS="--paths
+#   lmu-cell-fused,lmu-cell-fused-mixed,lmu-cell-fused-conv,lmu-cell-fused-conv-tf32,lmu-fused,lmu-fused-conv,
+#   lmu-fused-conv-tf32,lstm,lstm-fp32,memory-fft,memory-toeplitz-tf32,memory-blockgemm,memory-blockgemm-tf32
+#   --repeat 10 --warmup 2" bash benchmarks/gpu_kernels.sh
 set -uo pipefail
 PYTHON=${PYTHON:-python3}
 STEPS=${STEPS:-check,tune,bench,long}
@@ -24,12 +31,12 @@ step() { [[ ",$STEPS," == *",$1,"* ]]; }
 
 if step check; then
     echo "== check"
-    timeout 180 "$PYTHON" benchmarks/gpu_kernel_check.py ${CHECKS:-} | tee "$RESULTS/check.jsonl"
+    timeout "${CHECK_S:-180}" "$PYTHON" benchmarks/gpu_kernel_check.py ${CHECKS:-} | tee "$RESULTS/check.jsonl"
     # A kernel that hangs (a barrier never released) would hang every later step too.
     [ "${PIPESTATUS[0]}" = 124 ] && { echo "check timed out: stopping"; exit 4; }
 fi
-step tune && { echo "== tune"; timeout 150 "$PYTHON" benchmarks/gpu_kernel_tune.py | tee "$RESULTS/tune.jsonl"; }
-step bench && { echo "== bench"; timeout 220 "$PYTHON" -c "from contime.cli import app; app()" bench --device cuda --out "$RESULTS/bench.jsonl" ${BENCH_ARGS---precision} \
+step tune && { echo "== tune"; timeout "${TUNE_S:-150}" "$PYTHON" benchmarks/gpu_kernel_tune.py ${TUNE_ARGS:-} | tee "$RESULTS/tune.jsonl"; }
+step bench && { echo "== bench"; timeout "${BENCH_S:-220}" "$PYTHON" -c "from contime.cli import app; app()" bench --device cuda --out "$RESULTS/bench.jsonl" ${BENCH_ARGS---precision} \
     | tee "$RESULTS/bench.txt"; }
 step long && { echo "== long"; timeout 100 "$PYTHON" benchmarks/long_sequences.py --device cuda --out "$RESULTS/long.jsonl"; }
 echo "== done"

@@ -91,6 +91,31 @@ def test_the_lstm_baselines_set_cudnn_tf32_in_both_passes(quick_run):
     assert torch.backends.cudnn.allow_tf32 == before
 
 
+def test_rows_name_the_tiles_the_autotuner_chose_for_their_path(monkeypatch):
+    """On a GPU each path's rows carry the tiles its kernels' autotuners picked; faked here by a path that
+    registers a tuned launch the way core_triton.launch_autotuned does."""
+    from contime.bench.runner import run_timings, tuned_tiles
+    from contime.ops.lmu_cell import core_triton
+
+    class Tuned:
+        best_config = "BLOCK_N: 16, num_warps: 8"
+    monkeypatch.setattr(core_triton, "_TUNED", {})
+    name = "test-tuned-path"
+    monkeypatch.delitem(PATHS, name, raising=False)
+
+    @register_path(name, kind="memory", description="registers a tuned kernel when built")
+    def _build(shape, device, dtype):
+        core_triton._TUNED["forward"] = Tuned()
+        return memory_case(shape, device, dtype, lambda u: u * 2)
+    try:
+        rows = run_timings([name, "memory-fft"], QUICK_SHAPE, torch.device("cpu"), PASSES, repeat=1,
+                           bandwidth_gbps=10.0, measure_memory=False)
+    finally:
+        del PATHS[name]
+    assert tuned_tiles() == {"core_triton:forward": "BLOCK_N: 16, num_warps: 8"}
+    assert [r.get("tiles") for r in rows] == [{"core_triton:forward": "BLOCK_N: 16, num_warps: 8"}] * 2 + [None] * 2
+
+
 def test_bad_options_name_the_option():
     runner = CliRunner()
     result = runner.invoke(app, ["bench", "--quick", "--device", "cpu", "--paths", "memory-fft,nope"])

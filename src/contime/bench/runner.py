@@ -4,11 +4,13 @@ Per (path, pass) row: the median milliseconds (and min, mean, max, every time), 
 ``ratio_to_lstm`` = ms / the ``lstm`` path's ms for the same pass in the same run (> 1: slower than the LSTM),
 and ``floor_fraction`` = floor_ms / ms, where floor_ms is the bytes the pass must move (``Case.floor_bytes``)
 at the peak bandwidth (1.0: at the floor). Paths without a floor (cells, the LSTM: they are bound by their
-sequential steps, not by bandwidth) have None there.
+sequential steps, not by bandwidth) have None there. On a GPU, ``tiles``: the tile each Triton kernel's
+autotuner chose while the path ran.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Iterable
 
 import torch
@@ -34,6 +36,22 @@ def resolve_bandwidth(device: torch.device, option_gbps: float | None, copy_byte
     return {"bandwidth_gbps": copy_gbps, "bandwidth_source": "measured", "copy_gbps": copy_gbps}
 
 
+TUNED_MODULES = ("contime.ops.lmu_cell.core_triton", "contime.ops.lmu_memory.toeplitz")
+
+
+def tuned_tiles() -> dict[str, str]:
+    """The tile that each autotuned Triton kernel launch has chosen so far in this process ("module:launch" ->
+    Triton's config), from the modules' ``_TUNED`` registries; empty where nothing was autotuned (off CUDA)."""
+    tiles = {}
+    for module_name in TUNED_MODULES:
+        module = sys.modules.get(module_name)
+        for name, tuned in getattr(module, "_TUNED", {}).items():
+            best = getattr(tuned, "best_config", None)
+            if isinstance(name, str) and best is not None:  # string keys: the latest kernel of each launch
+                tiles[f"{module_name.rsplit('.', 1)[1]}:{name}"] = str(best)
+    return tiles
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0][:300] if text else ''}"
@@ -52,6 +70,7 @@ def run_timings(names: Iterable[str], shape: BenchShape, device: torch.device, p
     passes = list(passes)
     rows: list[dict[str, Any]] = []
     for name in names:
+        tiles_before = tuned_tiles()
         path = PATHS[name]
         base = {"path": name, "kind": path.kind, "description": path.description}
         try:
@@ -91,6 +110,11 @@ def run_timings(names: Iterable[str], shape: BenchShape, device: torch.device, p
             rows.append(row)
             if progress is not None:
                 progress(row)
+        # The tiles the autotuner chose while this path ran (its kernels' first launches), for every pass's row.
+        tiles = {k: v for k, v in tuned_tiles().items() if tiles_before.get(k) != v}
+        if tiles:
+            for row in rows[-len(passes):]:
+                row["tiles"] = tiles
         del case, grad
         if device.type == "cuda":
             torch.cuda.empty_cache()
