@@ -64,7 +64,9 @@ def test_quick_run_has_the_lstm_baseline_and_floors(quick_run):
 
 def test_the_lstm_baselines_set_cudnn_tf32_in_both_passes(quick_run):
     """"lstm" runs with cuDNN's TF32 allowed (PyTorch's default), "lstm-fp32" without, in the forward and in the
-    backward (cuDNN's RNN backward reads the flag again); the flag is restored afterwards."""
+    backward (cuDNN's RNN backward reads the flag again); the flag is restored afterwards, and a conv flag that
+    differs from the RNN one (which makes the legacy allow_tf32 raise) is left alone."""
+    from contime.bench.paths import cudnn_rnn_tf32
     _, records = quick_run
     by_key = {(r["path"], r["pass"]): r for r in records}
     assert by_key[("lstm", "forward")]["cudnn_allow_tf32"] is True
@@ -74,21 +76,30 @@ def test_the_lstm_baselines_set_cudnn_tf32_in_both_passes(quick_run):
     class Record(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x):
-            seen.append(("forward", torch.backends.cudnn.allow_tf32))
+            seen.append(("forward", cudnn_rnn_tf32()))
             return x.clone()
 
         @staticmethod
         def backward(ctx, grad):
-            seen.append(("backward", torch.backends.cudnn.allow_tf32))
+            seen.append(("backward", cudnn_rnn_tf32()))
             return grad
 
-    before = torch.backends.cudnn.allow_tf32
+    before = cudnn_rnn_tf32()
     case = build_case("lstm-fp32", QUICK_SHAPE, "cpu")
     run = case.run
     case.run = lambda inp: Record.apply(run(inp))
     case.pass_fn("backward", case.output_grad())()
     assert seen == [("forward", False), ("forward", False), ("backward", False)]
-    assert torch.backends.cudnn.allow_tf32 == before
+    assert cudnn_rnn_tf32() == before
+    conv = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None)
+    if conv is not None:  # torch's per-op flags: set the conv one apart, as a user may
+        conv_flags = torch.backends.cudnn.conv
+        conv_flags.fp32_precision = "ieee"
+        try:
+            case.pass_fn("forward")()
+            assert conv_flags.fp32_precision == "ieee" and cudnn_rnn_tf32() == before
+        finally:
+            conv_flags.fp32_precision = conv
 
 
 def test_rows_name_the_tiles_the_autotuner_chose_for_their_path(monkeypatch):

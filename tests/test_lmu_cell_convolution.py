@@ -159,3 +159,85 @@ def test_lmu_refuses_the_convolution_algorithm_where_it_does_not_apply():
         contime.LMU(2, 2, 4, 5.0, nn.RNNCell(8, 3), fused_algorithm="convolution")
     with pytest.raises(ValueError, match="memory_to_memory"):
         contime.LMU(1, 1, 4, 5.0, nn.RNNCell(4, 3), memory_to_memory=True, fused_algorithm="convolution")
+
+
+@needs_triton
+def test_backward_reads_only_the_partial_sums_of_running_members(monkeypatch):
+    """On a GPU the sum buffer has a row per possible member (MEMBERS, a power of two), more than the SPLIT that
+    run, and the autotuner's trial runs may leave other rows filled. Here rows beyond the one member the
+    interpreter runs hold garbage: the gradients must not change."""
+    from contime.ops.lmu_cell import convolution_triton
+
+    def with_garbage(members, time, batch, like):
+        sums = like.new_zeros(4, time, batch)
+        sums[1:] = 1e3
+        return sums
+    monkeypatch.setattr(convolution_triton, "partial_sums", with_garbage)
+    errors = errors_against_the_loop(9, 18, 6, 20, True, False, "triton")
+    assert max(errors.values()) < 1e-5, errors
+
+
+@needs_triton
+def test_triton_backend_takes_strided_weights_and_runs_under_autocast():
+    """A transposed (strided) E_h gives the same gradients as a contiguous one; under autocast K stays in the
+    cell's dtype (float32), as the kernels need."""
+    args = make_arguments(6, 17, 5, 20, True, torch.float32)
+    ux, xh, A_T, Bm, E_h, W_m, W_h, h0 = [a.detach() for a in args]
+    H = impulse(A_T.double(), Bm.double(), 6).float()
+    results = []
+    for strided in (False, True):
+        leaves = [t.clone().requires_grad_() for t in (ux, xh, W_m, W_h, h0)]
+        wide = torch.cat([E_h, torch.zeros_like(E_h)], 1).requires_grad_()  # (H, 2)
+        eh = wide[:, :1] if strided else wide[:, :1].contiguous()  # the view has strides (2, 1)
+        assert eh.is_contiguous() != strided
+        hs, us = lmu_cell_convolution(leaves[0], leaves[1], H, eh, *leaves[2:], backend="triton")
+        results.append([hs, *torch.autograd.grad(hs.square().sum() + us.sum(), [*leaves, wide])])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hs_autocast, _ = lmu_cell_convolution(ux, xh, H, E_h, W_m, W_h, h0, backend="triton")
+    assert hs_autocast.dtype == torch.float32
+    torch.testing.assert_close(hs_autocast, results[0][0].detach(), rtol=1e-6, atol=1e-7)
+
+
+@needs_triton
+def test_lmu_runs_the_convolution_kernels_in_float32(monkeypatch):
+    """The LMU's float32 path through the Triton kernels (interpreter), against the recurrent mode in float64:
+    outputs, final state, and the gradients of theta and the weights."""
+    import contime.ops.lmu_cell as lmu_cell
+    monkeypatch.setattr(lmu_cell, "resolve_backend", lambda backend, device, dtype=None: "triton")
+    torch.manual_seed(0)
+    lmu64 = contime.LMU(1, 1, 12, 25.0, nn.RNNCell(12, 20), hidden_to_memory=True, trainable_theta=True).double()
+    lmu32 = contime.LMU(1, 1, 12, 25.0, nn.RNNCell(12, 20), hidden_to_memory=True, trainable_theta=True,
+                        mode="fused", fused_algorithm="convolution")
+    lmu32.load_state_dict({k: v.float() for k, v in lmu64.state_dict().items()})
+    lmu64.mode = "recurrent"
+    x = torch.randn(17, 24, 1, dtype=torch.float64)
+    results = []
+    for lmu, inputs in ((lmu32, x.float()), (lmu64, x)):
+        y, state = lmu(inputs)
+        loss = y.square().sum() + state.memory.sum()
+        results.append([y.detach(), state.memory.detach(), *torch.autograd.grad(loss, list(lmu.parameters()))])
+    errors = [float((a.double() - b).norm() / b.norm()) for a, b in zip(*results)]
+    assert max(errors) < 1e-5, errors
+
+
+def test_lmu_takes_the_state_algorithm_beyond_the_convolution_limit(monkeypatch):
+    """Past MAX_TIME steps the O(T^2) convolution gives way to the state algorithm, which computes the same."""
+    from contime.ops.lmu_cell import convolution
+    lmu = contime.LMU(1, 1, 4, 10.0, nn.RNNCell(4, 3), hidden_to_memory=True, mode="fused",
+                      fused_algorithm="convolution").double()
+    monkeypatch.setattr(convolution, "MAX_TIME", 8)  # the LMU reads its own copy of the limit...
+    import contime.lmu as lmu_module
+    monkeypatch.setattr(lmu_module, "CONVOLUTION_MAX_TIME", 8)  # ...set here
+    calls = []
+    original = lmu_module.lmu_cell_convolution
+    monkeypatch.setattr(lmu_module, "lmu_cell_convolution", lambda *a, **k: calls.append(1) or original(*a, **k))
+    x = torch.randn(2, 9, 1, dtype=torch.float64)
+    y_long, _ = lmu(x)
+    assert calls == []
+    y_short, _ = lmu(x[:, :8])
+    assert calls == [1]
+    lmu.mode = "recurrent"
+    torch.testing.assert_close(y_long, lmu(x)[0])
+    torch.testing.assert_close(y_short, lmu(x[:, :8])[0])

@@ -35,6 +35,7 @@ from .ops.lmu_memory import (
 )
 from .ops.lmu_cell import PRECISIONS as KERNEL_PRECISIONS
 from .ops.lmu_cell import lmu_cell_convolution, lmu_cell_sequence, triton_available
+from .ops.lmu_cell.convolution import MAX_TIME as CONVOLUTION_MAX_TIME
 from .ops.lmu_memory.dispatch import causal_projection, memory_all_steps
 from .ops.lmu_memory.common import apply_state_matrix, zero_input_response
 from .ops.lmu_memory.final import FINAL_CHUNK
@@ -111,10 +112,10 @@ class LMU(nn.Module):
             keeps it at 2.5e-5 / 5.9e-5.
         conv_tol: the "conv" mode cuts the impulse response where it stays below this fraction of its peak.
         fused_algorithm: how the "fused" mode computes the cell. "state" carries the memory as a state (two
-            barriers per step in the GPU kernels); "convolution" (memory_d == 1, no memory_to_memory, at most
-            4,096 steps) feeds h the memory as a convolution of past inputs with K_j = H_j W_m, so each step
-            depends on the previous one through h alone (one barrier per step, O(T^2) work); see
-            ``contime.ops.lmu_cell.convolution``.
+            barriers per step in the GPU kernels); "convolution" (memory_d == 1, no memory_to_memory) feeds h
+            the memory as a convolution of past inputs with K_j = H_j W_m, so each step depends on the previous
+            one through h alone (one barrier per step, O(T^2) work; sequences longer than 4,096 steps take the
+            "state" algorithm, which computes the same); see ``contime.ops.lmu_cell.convolution``.
 
     Shapes:
         x: ``(batch, time, input_size)``; lengths: ``(batch,)`` ints in [1, time].
@@ -528,6 +529,11 @@ class LMU(nn.Module):
         final_memory = linear_memory_final(u_x, A_bar, B_bar, m0, lengths, impulse=H).reshape(batch, -1)
         return h, LMUState(final_memory, h[last])
 
+    def _uses_convolution(self, time: int) -> bool:
+        """Whether the "fused" mode runs the convolution algorithm for ``time`` steps: as asked, up to its
+        O(T^2) limit (``CONVOLUTION_MAX_TIME``); the state algorithm computes the same beyond it."""
+        return self.fused_algorithm == "convolution" and time <= CONVOLUTION_MAX_TIME
+
     def _forward_fused(self, x, u_x, state, A_bar, B_bar, H, starts_at_zero):
         """The "fused" mode: the whole cell as one autograd node (``contime.ops.lmu_cell``), time-major. H: the
         impulse response ``(1, time, n)`` for the convolution algorithm, else None."""
@@ -564,7 +570,7 @@ class LMU(nn.Module):
                 dtype = torch.promote_types(dtype, tensor.dtype)
         args = [t if t is None else t.to(dtype) for t in args]
         relu = cell.nonlinearity == "relu"
-        if self.fused_algorithm == "convolution":
+        if self._uses_convolution(xs.shape[0]):
             ux, xh, _, _, E_h, _, W_m, W_h, m0, h0 = args
             m0 = None if starts_at_zero else m0[:, None]  # (batch, 1, n)
             A_bar, B_bar = A_bar.to(dtype), B_bar.to(dtype)
@@ -638,7 +644,7 @@ class LMU(nn.Module):
             mode = self._auto_mode(x.device, allow_fused=False)
         if mode != "varying":  # uniform steps (of length time_scale): the LMU's own modes
             # "final" streams sequences longer than FINAL_CHUNK: H for one chunk only, not the whole length.
-            convolution = mode == "fused" and self.fused_algorithm == "convolution"
+            convolution = mode == "fused" and self._uses_convolution(time)
             length = (None if mode == "recurrent" or mode == "fused" and not convolution  # loops need no H
                       else min(time, FINAL_CHUNK) if mode == "final" else time)
             # Streaming raises A_bar to the chunk length: from the float64 matrices, not their cast (float32,

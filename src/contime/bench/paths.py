@@ -361,11 +361,28 @@ register_lmu_path("lmu-loop", mode="recurrent", config="psmnist")
 
 
 # ---------------------------------------------------------------------------------------------------- baseline
+def cudnn_rnn_tf32() -> bool:
+    """Whether cuDNN's RNNs may run float32 products on TF32 tensor cores: torch.backends.cudnn.rnn.fp32_precision
+    where torch has it (the legacy allow_tf32 raises once conv and RNN flags differ), else allow_tf32."""
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    if rnn is not None and hasattr(rnn, "fp32_precision"):
+        return rnn.fp32_precision == "tf32"
+    return torch.backends.cudnn.allow_tf32
+
+
 @contextlib.contextmanager
 def cudnn_tf32(allowed: bool):
-    """torch.backends.cudnn.allow_tf32 set to ``allowed`` inside (restored after). PyTorch's default, True, lets
-    cuDNN's RNNs run their float32 products on TF32 tensor cores (its RNN descriptor then gets
-    CUDNN_DEFAULT_MATH instead of CUDNN_FMA_MATH)."""
+    """cuDNN's RNNs with TF32 ``allowed`` or not inside, the flag restored after. PyTorch's default lets them run
+    float32 products on TF32 tensor cores (the RNN descriptor gets CUDNN_DEFAULT_MATH, not CUDNN_FMA_MATH)."""
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    if rnn is not None and hasattr(rnn, "fp32_precision"):
+        before = rnn.fp32_precision
+        rnn.fp32_precision = "tf32" if allowed else "ieee"
+        try:
+            yield
+        finally:
+            rnn.fp32_precision = before
+        return
     before = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = allowed
     try:

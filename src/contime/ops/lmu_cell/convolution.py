@@ -9,7 +9,8 @@ past inputs u with K_j = H_j W_m ``(T, H)``, and the cell needs no memory state 
 
 Each step depends on the previous one through h alone, so a GPU kernel needs one barrier per step instead of
 two (m_t, then h_t), and no product ever multiplies a state by A_T: K is built in float64 by the caller, so
-tf32 products round each step's sum once instead of compounding through 784 products with a rounded A_T.
+tf32 products round each step's sum once instead of compounding through 784 products with a rounded A_T
+(K = H W_m, from the impulse response that the caller builds in float64 and casts once).
 The price is O(t) work at step t instead of O(N): O(T^2) over a sequence (``MAX_TIME``).
 
 The backward pass, with dp_t = d loss / d pre-activation and du_t = d loss / d u_t:
@@ -51,6 +52,7 @@ class _ConvolutionCell(torch.autograd.Function):
         if backend == "triton":  # the kernels index every buffer densely
             args = [x if x is None else x.contiguous() for x in args]
         H_ext, U = core.forward_core(*args, relu, **extra)
+        _, _, K, E_h, W_h, _ = args  # the contiguous copies: the kernels read them densely in the backward too
         ctx.save_for_backward(H_ext, U, K, E_h, W_h)
         ctx.relu, ctx.backend, ctx.extra = relu, backend, extra
         ctx.set_materialize_grads(False)
@@ -84,6 +86,8 @@ def check_arguments(ux, xh, H, E_h, W_m, W_h, h0) -> None:
         if not torch.is_tensor(x) or x.ndim != 3:
             raise ValueError(f"{name} must be a 3-D (time, batch, features) tensor")
     time, batch, D = ux.shape
+    if time < 1 or batch < 1:
+        raise ValueError(f"ux must have at least one step and one sequence, got shape {tuple(ux.shape)}")
     if D != 1:
         raise ValueError(f"the convolution algorithm takes one memory input: ux must be (time, batch, 1), "
                          f"got {tuple(ux.shape)}")
@@ -126,5 +130,6 @@ def lmu_cell_convolution(ux, xh, H, E_h, W_m, W_h, h0, *, relu: bool = False, ba
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     backend = resolve_backend(backend, ux.device, ux.dtype)
-    K = H @ W_m  # (T, H): what an input reaches the pre-activation with, j steps later
+    with torch.autocast(ux.device.type, enabled=False):  # K in the cell's dtype, not autocast's
+        K = H @ W_m  # (T, H): what an input reaches the pre-activation with, j steps later
     return _ConvolutionCell.apply(ux, xh, K, E_h, W_h, h0, bool(relu), backend, precision)

@@ -7,8 +7,10 @@ programs that share the columns of h_t and meet at a barrier in global memory; h
   member 0 also stores it), and for its columns of h_t adds h_{t-1} W_h and the convolution
   sum_{s<t} u_s K_{t-s} (one product per BLOCK_S earlier steps, u_s read back from U) + u_t K_0.
 - backward, step t (from the last): every member reads dp_{t+1} whole and the members' partial sums of
-  du_{t+1}, computes dp_t for its columns, and its partial sum of du_t over them:
-  sum_{t'>=t} dp_{t'}[cols] . K_{t'-t}[cols], from the dp it wrote itself at the later steps.
+  du_{t+1}, computes dp_t for its columns, and pushes them into the partial sums of every earlier input:
+  ACC[member, s] += dp_t[cols] . K_{t-s}[cols] for s <= t (one product per BLOCK_S inputs). The sums for s
+  are complete once step s is done. Pushing forward reads K (T x H, in L2) at each step; pulling the same sums
+  from dp's history instead would read that history, (T - t) x B x H values per step, from memory.
 
 No weight stays on chip across steps (the resident kernels of ``core_triton`` spill with tensor-core products):
 W_h and K are read from L2 at every step.
@@ -77,7 +79,7 @@ def _convolution_forward_kernel(
 @triton.jit
 def _convolution_backward_kernel(
         gh_ptr, gu_ptr, H_ptr, K_ptr, eh_ptr, WhT_ptr,  # inputs
-        DP_ptr, DU_ptr, PART_ptr, sync_ptr,  # outputs (T+1, B, H), (T+1, B), (T+1, MEMBERS, B): entry T zero
+        DP_ptr, DU_ptr, ACC_ptr, sync_ptr,  # outputs (T+1, B, H) with DP[T] = 0, (T+1, B); (MEMBERS, T, B) zeros
         T, B, HID,
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
         MEMBERS: tl.constexpr, HAS_EH: tl.constexpr, HAS_GU: tl.constexpr, RELU: tl.constexpr,
@@ -85,21 +87,23 @@ def _convolution_backward_kernel(
     member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
     rk = tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
+    rs = tl.arange(0, BLOCK_S)
     rm = tl.arange(0, MEMBERS)
-    flat = tl.arange(0, BLOCK_S * BLOCK_N)  # (later step, column) pairs of one chunk of dp's history
     b_ok = rb < B
+    mine = ACC_ptr + member * T * B  # this member's row of partial sums: (T, B)
     for step in range(T):
         t = T - 1 - step
         tt = tl.cast(t, tl.int64)  # offsets of (T, B, H) buffers can pass 2**31
         dp_next = DP_ptr + (tt + 1) * B * HID
-        parts = tl.load(PART_ptr + (tt + 1) * MEMBERS * B + rm[:, None] * B + rb[None, :],
-                        mask=(rm[:, None] < SPLIT) & b_ok[None, :], other=0.0, cache_modifier=".cg")
-        du_next = tl.sum(parts, axis=0)  # (BLOCK_B,): d loss / d u_{t+1}
+        # du_{t+1}: every member's pushes into step t+1 are complete since the last barrier.
+        later = t + 1 < T
+        parts = tl.load(ACC_ptr + rm[:, None] * T * B + (tt + 1) * B + rb[None, :],
+                        mask=(rm[:, None] < SPLIT) & b_ok[None, :] & later, other=0.0, cache_modifier=".cg")
+        du_next = tl.sum(parts, axis=0)  # (BLOCK_B,)
         if HAS_GU:
-            du_next += tl.load(gu_ptr + (tt + 1) * B + rb, mask=b_ok & (t + 1 < T), other=0.0)
+            du_next += tl.load(gu_ptr + (tt + 1) * B + rb, mask=b_ok & later, other=0.0)
         if member == 0:
             tl.store(DU_ptr + (tt + 1) * B + rb, du_next, mask=b_ok)
-        partial = tl.zeros((BLOCK_B,), dtype=tl.float32)  # this member's share of du_t
         for j0 in range(member * BLOCK_N, HID, SPLIT * BLOCK_N):
             cols = j0 + rn
             c_ok = cols < HID
@@ -115,17 +119,25 @@ def _convolution_backward_kernel(
             else:
                 dp = g * (1.0 - h * h)
             _put(DP_ptr + tt * B * HID, dp, rb, cols, B, HID, HID)
-            partial += tl.sum(dp * tl.load(K_ptr + cols, mask=c_ok, other=0.0)[None, :], axis=1)  # t' = t
-            for r0 in range(t + 1, T, BLOCK_S):  # t' > t: the dp this member wrote at the later steps
-                later = r0 + flat // BLOCK_N
-                col = j0 + flat % BLOCK_N
-                ok = (later < T) & (col < HID)
-                dps = tl.load(DP_ptr + later[None, :].to(tl.int64) * B * HID + rb[:, None] * HID + col[None, :],
-                              mask=b_ok[:, None] & ok[None, :], other=0.0, cache_modifier=".cg")
-                ks = tl.load(K_ptr + (later - t).to(tl.int64) * HID + col, mask=ok, other=0.0)  # K_{t'-t}
-                partial += tl.sum(dps * ks[None, :], axis=1)
-        tl.store(PART_ptr + tt * MEMBERS * B + member * B + rb, partial, mask=b_ok)
-        _group_barrier(counter, (step + 1) * SPLIT)  # all of dp_t and the partial sums of du_t written
+            # Push dp_t into every earlier input's sum: ACC[member, s] += dp_t[cols] . K_{t-s}[cols], s <= t.
+            for s0 in range(0, t + 1, BLOCK_S):
+                s = s0 + rs
+                ok = s <= t
+                k_t = tl.load(K_ptr + (t - s)[None, :].to(tl.int64) * HID + cols[:, None],
+                              mask=c_ok[:, None] & ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_S): K_{t-s}^T
+                sums = mine + s[None, :].to(tl.int64) * B + rb[:, None]
+                keep = b_ok[:, None] & ok[None, :]
+                so_far = tl.load(sums, mask=keep, other=0.0)
+                tl.store(sums, so_far + tl.dot(dp, k_t, input_precision=PRECISION), mask=keep)
+            tl.debug_barrier()  # the next column chunk adds to the same sums
+        _group_barrier(counter, (step + 1) * SPLIT)  # all of dp_t and the pushes into step t written
+    if member == 0:  # du_0, now that every push has landed
+        parts = tl.load(ACC_ptr + rm[:, None] * T * B + rb[None, :], mask=(rm[:, None] < SPLIT) & b_ok[None, :],
+                        other=0.0, cache_modifier=".cg")
+        du_first = tl.sum(parts, axis=0)
+        if HAS_GU:
+            du_first += tl.load(gu_ptr + rb, mask=b_ok, other=0.0)
+        tl.store(DU_ptr + rb, du_first, mask=b_ok)
 
 
 def _dummy(like: torch.Tensor) -> torch.Tensor:
@@ -159,6 +171,11 @@ def forward_core(ux, xh, K, E_h, W_h, h0, relu: bool, precision: str = "ieee"):
     return H_ext, U
 
 
+def partial_sums(members: int, time: int, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """The backward kernel's (MEMBERS, T, B) partial sums of du, zeros (the autotuner re-zeroes them per trial)."""
+    return like.new_zeros(members, time, batch)
+
+
 def backward_core(grad_h, grad_u, H_ext, K, E_h, W_h, relu: bool, precision: str = "ieee"):
     """Same contract as ``convolution_torch.backward_core``."""
     time, batch, hidden = grad_h.shape
@@ -166,18 +183,16 @@ def backward_core(grad_h, grad_u, H_ext, K, E_h, W_h, relu: bool, precision: str
     members = max(_grid(batch, hidden, device)({"BLOCK_N": n})[0] for n, _, _, _ in CONFIGS)
     DP = grad_h.new_empty(time + 1, batch, hidden)
     DU = grad_h.new_empty(time + 1, batch)
-    PART = grad_h.new_zeros(time + 1, triton.next_power_of_2(members), batch)
-    DP[time], DU[time] = 0, 0  # nothing flows back from beyond the last step
+    ACC = partial_sums(triton.next_power_of_2(members), time, batch, grad_h)
+    DP[time] = 0  # nothing flows back from beyond the last step
     counters = torch.zeros(triton.cdiv(batch, BLOCK_B), dtype=torch.int32, device=device)
     launch_autotuned("convolution-backward", _convolution_backward_kernel, _configs(), _grid(batch, hidden, device),
-                     device, ["HID", "PRECISION"],
+                     device, ["HID", "PRECISION"], reset=("sync_ptr", "ACC_ptr"),
                      gh_ptr=grad_h, gu_ptr=_dummy(grad_h) if grad_u is None else grad_u, H_ptr=H_ext, K_ptr=K,
                      eh_ptr=_dummy(grad_h) if E_h is None else E_h, WhT_ptr=W_h.t().contiguous(), DP_ptr=DP,
-                     DU_ptr=DU, PART_ptr=PART, sync_ptr=counters, T=time, B=batch, HID=hidden, BLOCK_B=BLOCK_B,
-                     MEMBERS=PART.shape[1], HAS_EH=E_h is not None, HAS_GU=grad_u is not None,
-                     RELU=relu, PRECISION=product_precisions(precision)["PRECISION"])
-    # du_0 is the one sum the kernel leaves: its members' partial sums at step 0.
-    DU[0] = PART[0].sum(0) + (0 if grad_u is None else grad_u[0, :, 0])
+                     DU_ptr=DU, ACC_ptr=ACC, sync_ptr=counters, T=time, B=batch, HID=hidden, BLOCK_B=BLOCK_B,
+                     MEMBERS=ACC.shape[0], HAS_EH=E_h is not None, HAS_GU=grad_u is not None, RELU=relu,
+                     PRECISION=product_precisions(precision)["PRECISION"])
     DP, DU = DP[:time], DU[:time, :, None]
     grad_h0 = DP[0] @ W_h.t()
     if E_h is not None:

@@ -416,10 +416,12 @@ def _launch(chunked_kernel, resident_kernel, name: str, style: str, sizes: tuple
                      **kwargs, **extra)
 
 
-def launch_autotuned(name: str, kernel, configs: list, grid, device: torch.device, tune_key: list, **kwargs):
-    """Launch a kernel with a group barrier behind Triton's autotuner on a GPU (its trial runs reset the counters
-    ``sync_ptr``), or with the first of ``configs`` ((meta, warps) pairs) in the interpreter. ``tune_key``: the
-    arguments whose values retune; leave the batch out (a last partial batch would retune everything)."""
+def launch_autotuned(name: str, kernel, configs: list, grid, device: torch.device, tune_key: list,
+                     reset: tuple = ("sync_ptr",), **kwargs):
+    """Launch a kernel with a group barrier behind Triton's autotuner on a GPU, or with the first of ``configs``
+    ((meta, warps) pairs) in the interpreter. ``tune_key``: the arguments whose values retune; leave the batch
+    out (a last partial batch would retune everything). ``reset``: the buffers zeroed before each trial run (the
+    barrier counters, and any buffer the kernel accumulates into)."""
     if interpreting():
         meta, warps = configs[0]
         kernel[grid(meta)](**kwargs, **meta, num_warps=warps)
@@ -427,7 +429,7 @@ def launch_autotuned(name: str, kernel, configs: list, grid, device: torch.devic
     key = (name, kernel.__name__, tuple(sorted(str(c) for c in configs)))
     if key not in _TUNED:
         _TUNED[key] = triton.autotune(configs=[triton.Config(meta, num_warps=w) for meta, w in configs],
-                                      key=tune_key, reset_to_zero=["sync_ptr"])(kernel)
+                                      key=tune_key, reset_to_zero=list(reset))(kernel)
     _TUNED[name] = _TUNED[key]  # the last one used, for gpu_kernel_tune.py
     with launch_device(device):
         _TUNED[key][grid](**kwargs)
