@@ -14,10 +14,11 @@ def forward_core(ux, xh, K, E_h, W_h, h0, relu: bool):
     U = torch.empty_like(ux)
     H_ext[0] = h0
     activation = torch.relu if relu else torch.tanh
+    K_reversed = K.flip(0)  # K_reversed[time - 1 - j] = K_j: K_t ... K_0 is one slice
     for t in range(time):
         U[t] = ux[t] if E_h is None else torch.addmm(ux[t], H_ext[t], E_h)
         # sum_{s<=t} u_s K_{t-s}: the inputs so far against the kernel read backwards.
-        fed_back = U[:t + 1, :, 0].t() @ K[:t + 1].flip(0)
+        fed_back = U[:t + 1, :, 0].t() @ K_reversed[time - 1 - t:]
         H_ext[t + 1] = activation(torch.addmm(xh[t] + fed_back, H_ext[t], W_h))
     return H_ext, U
 
@@ -36,11 +37,14 @@ def backward_core(grad_h, grad_u, H_ext, K, E_h, W_h, relu: bool):
     DU = grad_h.new_empty(time, batch, 1)
     local = activation_derivative(H_ext[1:], relu)
     carry = grad_h.new_zeros(batch, hidden)  # d loss / d h_t through step t + 1
+    K_reversed = K.flip(0)
+    # sums[s] collects dp_t . K_{t-s} from every step t >= s: each dp_t is pushed into all earlier inputs'
+    # sums as it is found (a matrix product), and sums[t] is complete once step t is.
+    sums = grad_h.new_zeros(time, batch)
     for t in range(time - 1, -1, -1):
         dp = torch.mul(grad_h[t] + carry, local[t], out=DP[t])
-        # Every later pre-activation read u_t through K: sum over those steps and the hidden units.
-        du = torch.einsum("tbh,th->b", DP[t:], K[:time - t])[:, None]
-        DU[t] = du if grad_u is None else du + grad_u[t]
+        sums[:t + 1].addmm_(K_reversed[time - 1 - t:], dp.t())
+        DU[t] = sums[t, :, None] if grad_u is None else sums[t, :, None] + grad_u[t]
         carry = dp @ W_h.t()
         if E_h is not None:
             carry = torch.addmm(carry, DU[t], E_h.t())
