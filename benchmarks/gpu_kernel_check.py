@@ -17,6 +17,8 @@ import contime
 from contime.bench.precision import relative_error
 from contime.legendre import discretize, impulse_response
 from contime.ops.lmu_cell import lmu_cell_convolution, lmu_cell_naive, lmu_cell_sequence
+from contime.ops.elman import elman_recurrence
+from contime.ops.elman.persistent import persistent_elman
 from contime.ops.lmu_memory import linear_memory_fft
 from contime.ops.lmu_memory.toeplitz import causal_toeplitz
 
@@ -91,6 +93,24 @@ def check_convolution_cell(time=64, batch=100, n=256, hidden=212):
             report("convolution-cell", precision, name, a.detach(), b.detach(), bound_for(precision))
 
 
+def check_elman(time=784, batch=100, hidden=212):
+    """The persistent Elman kernels (the parallel modes' RNNCell) against the torch loop in float64."""
+    torch.manual_seed(6)
+    projected = torch.randn(time, batch, hidden, dtype=torch.float64) * 0.5
+    weight = torch.randn(hidden, hidden, dtype=torch.float64) * 0.9 / hidden ** 0.5
+    h0 = torch.randn(batch, hidden, dtype=torch.float64) * 0.5
+    leaves64 = [t.clone().requires_grad_() for t in (projected, weight, h0)]
+    hs = elman_recurrence(*leaves64, backend="torch")
+    g = torch.randn_like(hs)
+    ref = [hs, *torch.autograd.grad((hs * g).sum(), leaves64)]
+    for precision in ("ieee", "tf32"):
+        leaves = [t.float().cuda().requires_grad_() for t in (projected, weight, h0)]
+        hs = persistent_elman(*leaves, precision=precision)
+        got = [hs, *torch.autograd.grad((hs * g.float().cuda()).sum(), leaves)]
+        for name, a, b in zip(["hs", "projected", "weight_hh", "h0"], got, ref):
+            report("elman-784", precision, name, a.detach(), b.detach(), bound_for(precision) * 10)
+
+
 def check_lmu_fused_mode(time=784, batch=100, n=256, hidden=212):
     torch.manual_seed(2)
     lmu = contime.LMU(1, 1, n, 784.0, nn.RNNCell(n, hidden), hidden_to_memory=True, return_sequences=False)
@@ -149,8 +169,8 @@ if __name__ == "__main__":
     from contime.ops.lmu_cell import core_triton
     print(json.dumps({"programs_per_group": {n: core_triton._group_size(100, 256, n, torch.device("cuda"))
                                              for n in (32, 64, 128)}}), flush=True)
-    checks = {f.__name__: f for f in (check_cell, check_convolution_cell, check_toeplitz, check_lmu_projected,
-                                      check_lmu_fused_mode)}
+    checks = {f.__name__: f for f in (check_cell, check_convolution_cell, check_elman, check_toeplitz,
+                                      check_lmu_projected, check_lmu_fused_mode)}
     for check in [checks[name] for name in sys.argv[1:]] or checks.values():
         try:
             check()

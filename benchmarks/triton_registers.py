@@ -56,7 +56,7 @@ def main() -> None:
             precisions = {"PRECISION": precisions["PRECISION"]}
         for name, flags in CONFIGURATIONS.items():
             if convolution:
-                flags = {"HAS_EH": flags["HAS_EH"]}
+                flags = {"HAS_EH": flags["HAS_EH"], "HAS_CONV": True}
             backward_flags = {"MEMBERS": 16, "HAS_GU": True} if convolution else {"HAS_GM": False}
             for tile, warps in zip(tiles, warps_of):
                 common = dict(**tile, RELU=False, **flags, **precisions)

@@ -38,7 +38,7 @@ def test_quick_run_writes_one_line_per_path_and_pass(quick_run):
         assert "error" not in r, r
         if r.get("skipped"):  # only what needs CUDA: the Triton kernels and their precisions
             assert r["ms"] is None and ("CUDA" in r["skipped"] or "Triton" in r["skipped"]), r
-            assert r["path"].startswith("memory-toeplitz") or r["path"].endswith(("-tf32", "-tf32x3", "-mixed")), r
+            assert r["path"].startswith("memory-toeplitz") or r["path"].endswith(("-tf32", "-tf32x3", "-mixed", "-elman")), r
             continue
         assert TIMING_KEYS <= set(r), TIMING_KEYS - set(r)
         assert r["ms"] > 0 and r["min_ms"] <= r["ms"] and r["repeat"] == 2 and len(r["times_ms"]) == 2

@@ -47,10 +47,12 @@ def main(full: bool) -> None:
                 compile_kernel(core_triton._lmu_cell_forward_kernel, {**common, **flags})
                 compile_kernel(core_triton._lmu_cell_backward_kernel, {**common, **flags, "HAS_GM": False})
         for block_n, block_k, block_s, _ in convolution_triton.CONFIGS[:None if full else 1]:
-            common = dict(BLOCK_B=16, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_S=block_s, HAS_EH=True, RELU=False,
-                          PRECISION=products["PRECISION"])
-            compile_kernel(convolution_triton._convolution_forward_kernel, common)
-            compile_kernel(convolution_triton._convolution_backward_kernel, {**common, "MEMBERS": 16, "HAS_GU": True})
+            for has_conv in (True, False):  # the convolution algorithm, and the plain Elman recurrence
+                common = dict(BLOCK_B=16, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_S=block_s, HAS_CONV=has_conv,
+                              HAS_EH=has_conv, RELU=False, PRECISION=products["PRECISION"])
+                compile_kernel(convolution_triton._convolution_forward_kernel, common)
+                compile_kernel(convolution_triton._convolution_backward_kernel,
+                               {**common, "MEMBERS": 16 if has_conv else 1, "HAS_GU": has_conv})
         if precision == "mixed":  # the Toeplitz kernels run "mixed" as tf32
             continue
         for m, n, k, _, _ in toeplitz.ROWS_CONFIGS[:None if full else 1]:

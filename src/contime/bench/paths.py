@@ -312,11 +312,28 @@ LMU_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def lmu_case(shape: BenchShape, device: torch.device, dtype: torch.dtype, mode: str, config: str) -> Case:
+@contextlib.contextmanager
+def persistent_elman_on_cuda():
+    """The parallel modes' Elman recurrence in the persistent Triton kernels on CUDA inside (``CUDA_BACKEND`` of
+    ``contime.ops.elman.manual``, restored after)."""
+    from ..ops.elman import manual
+    before = manual.CUDA_BACKEND
+    manual.CUDA_BACKEND = "triton"
+    try:
+        yield
+    finally:
+        manual.CUDA_BACKEND = before
+
+
+def lmu_case(shape: BenchShape, device: torch.device, dtype: torch.dtype, mode: str, config: str,
+             persistent_elman: bool = False) -> Case:
     """The LMU of ``LMU_CONFIGS[config]`` in ``mode``: x ``(batch, time, 1)`` -> last output ``(batch, hidden)``.
+    ``persistent_elman``: its hidden RNNCell in the persistent Triton kernels (CUDA only).
 
     Raises ``PathUnavailable`` when ``mode`` is not in the configuration's ``LMU.valid_modes()``.
     """
+    if persistent_elman and device.type != "cuda":
+        raise PathUnavailable("the persistent Elman kernels are chosen on CUDA only")
     kwargs = LMU_CONFIGS[config]
     hidden_in = shape.memory_d * shape.order + (1 if kwargs.get("input_to_hidden") else 0)
     lmu = LMU(1, shape.memory_d, shape.order, float(shape.theta), nn.RNNCell(hidden_in, shape.hidden),
@@ -330,17 +347,20 @@ def lmu_case(shape: BenchShape, device: torch.device, dtype: torch.dtype, mode: 
     lmu = module_on(lmu, device, dtype)
     x = draw((shape.batch, shape.time, 1), device, dtype)
     return Case(run=lambda inp: lmu(inp)[0], input=x,
-                parameters=tuple(p for p in lmu.parameters() if p.requires_grad), info={"mode": mode, "config": config})
+                parameters=tuple(p for p in lmu.parameters() if p.requires_grad), info={"mode": mode, "config": config},
+                settings=persistent_elman_on_cuda if persistent_elman else contextlib.nullcontext)
 
 
-def register_lmu_path(name: str, mode: str, config: str, description: str = "") -> None:
-    """Register the LMU of ``LMU_CONFIGS[config]`` run in ``mode`` as path ``name`` (kind "cell")."""
+def register_lmu_path(name: str, mode: str, config: str, description: str = "", persistent_elman: bool = False):
+    """Register the LMU of ``LMU_CONFIGS[config]`` run in ``mode`` as path ``name`` (kind "cell");
+    ``persistent_elman`` as in ``lmu_case``."""
     if config not in LMU_CONFIGS:
         raise ValueError(f"config must be one of {tuple(LMU_CONFIGS)}, got {config!r}")
-    description = description or f"LMU ({config}: {', '.join(LMU_CONFIGS[config])}), RNNCell hidden, mode {mode!r}"
+    description = description or (f"LMU ({config}: {', '.join(LMU_CONFIGS[config])}), RNNCell hidden, mode {mode!r}"
+                                   + (", Elman recurrence in the persistent kernels" if persistent_elman else ""))
 
     def build(shape, device, dtype):
-        return lmu_case(shape, device, dtype, mode, config)
+        return lmu_case(shape, device, dtype, mode, config, persistent_elman)
     register_path(name, kind="cell", description=description)(build)
 
 
@@ -350,6 +370,8 @@ register_lmu_path("lmu-cell-fused-tf32x3", mode="fused", config="cell-tf32x3")
 register_lmu_path("lmu-cell-fused-tf32", mode="fused", config="cell-tf32")
 register_lmu_path("lmu-fft", mode="fft", config="psmnist")  # on CUDA: the projected Toeplitz kernel
 register_lmu_path("lmu-fft-tf32", mode="fft", config="psmnist-tf32")
+register_lmu_path("lmu-fft-elman", mode="fft", config="psmnist", persistent_elman=True)
+register_lmu_path("lmu-fft-elman-tf32", mode="fft", config="psmnist-tf32", persistent_elman=True)
 register_lmu_path("lmu-cell-fused-mixed", mode="fused", config="cell-mixed")
 register_lmu_path("lmu-fused", mode="fused", config="psmnist")
 register_lmu_path("lmu-fused-mixed", mode="fused", config="psmnist-mixed")

@@ -17,7 +17,8 @@ class _ElmanRecurrence(torch.autograd.Function):
         outputs = torch.empty_like(projected)
         h = h0
         w_t = weight_hh.t()
-        activation = torch.relu if relu else torch.tanh
+        # torch.relu takes no out=: clamp_min is the same function with one.
+        activation = (lambda x, out=None: torch.clamp_min(x, 0, out=out)) if relu else torch.tanh
         for t in range(time):
             if valid is None:
                 activation(torch.addmm(projected[t], h, w_t), out=outputs[t])
@@ -59,8 +60,13 @@ class _ElmanRecurrence(torch.autograd.Function):
         return grad_pre, grad_weight, grad_h0, None, None
 
 
+# What backend="auto" takes on CUDA in float32: "torch" until the persistent kernels are timed on a GPU (they
+# have been checked in Triton's interpreter and compiled for sm_90a only); "triton" to use them there.
+CUDA_BACKEND = "torch"
+
+
 def elman_recurrence(projected: torch.Tensor, weight_hh: torch.Tensor, h0: torch.Tensor,
-                     valid: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+                     valid: torch.Tensor | None = None, relu: bool = False, backend: str = "auto") -> torch.Tensor:
     """h_t = act(projected_t + h_{t-1} @ weight_hh.T), held at h_{t-1} where ``valid`` is False.
 
     Args:
@@ -69,8 +75,21 @@ def elman_recurrence(projected: torch.Tensor, weight_hh: torch.Tensor, h0: torch
         h0: ``(batch, hidden)``.
         valid: ``(time, batch, 1)`` bool, or None for all steps valid.
         relu: ReLU instead of tanh.
+        backend: "torch" (this module's loop, one autograd node), "triton" (``persistent``: one kernel per
+            pass; no ``valid``) or "auto": ``CUDA_BACKEND`` for float32 CUDA tensors without ``valid``, else
+            "torch".
 
     Returns:
         h for every step, ``(time, batch, hidden)``.
     """
+    from ..lmu_cell import resolve_backend
+    if backend == "auto":
+        eligible = valid is None and projected.device.type == "cuda" and projected.dtype == torch.float32
+        backend = CUDA_BACKEND if eligible else "torch"
+    backend = resolve_backend(backend, projected.device, projected.dtype)
+    if backend == "triton":
+        if valid is not None:
+            raise ValueError("backend='triton' has no padding masks: valid must be None")
+        from .persistent import persistent_elman
+        return persistent_elman(projected, weight_hh, h0, relu)
     return _ElmanRecurrence.apply(projected, weight_hh, h0, valid, relu)

@@ -12,6 +12,9 @@ programs that share the columns of h_t and meet at a barrier in global memory; h
   are complete once step s is done. Pushing forward reads K (T x H, in L2) at each step; pulling the same sums
   from dp's history instead would read that history, (T - t) x B x H values per step, from memory.
 
+Without the convolution (HAS_CONV False) the same kernels run a plain Elman recurrence, h_t = act(p_t +
+h_{t-1} W_h): ``elman_forward`` / ``elman_backward``, the hidden part of the parallel LMU modes.
+
 No weight stays on chip across steps (the resident kernels of ``core_triton`` spill with tensor-core products):
 W_h and K are read from L2 at every step.
 """
@@ -36,7 +39,7 @@ def _convolution_forward_kernel(
         H_ptr, U_ptr, sync_ptr,  # outputs: H_ext (T+1, B, H) with H_ext[0] = h0, U (T, B); counters
         T, B, HID,
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
-        HAS_EH: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr):
+        HAS_CONV: tl.constexpr, HAS_EH: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr):
     member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
     rk = tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
@@ -45,13 +48,14 @@ def _convolution_forward_kernel(
     for t in range(T):
         tt = tl.cast(t, tl.int64)  # offsets of (T, B, H) buffers can pass 2**31
         h_prev = H_ptr + tt * B * HID
-        u = tl.load(ux_ptr + tt * B + rb, mask=b_ok, other=0.0)  # (BLOCK_B,)
-        if HAS_EH:
-            for k0 in range(0, HID, BLOCK_K):
-                eh = tl.load(eh_ptr + k0 + rk, mask=k0 + rk < HID, other=0.0)
-                u += tl.sum(_state(h_prev, rb, k0 + rk, B, HID, HID) * eh[None, :], axis=1)
-        if member == 0:
-            tl.store(U_ptr + tt * B + rb, u, mask=b_ok)
+        if HAS_CONV:
+            u = tl.load(ux_ptr + tt * B + rb, mask=b_ok, other=0.0)  # (BLOCK_B,)
+            if HAS_EH:
+                for k0 in range(0, HID, BLOCK_K):
+                    eh = tl.load(eh_ptr + k0 + rk, mask=k0 + rk < HID, other=0.0)
+                    u += tl.sum(_state(h_prev, rb, k0 + rk, B, HID, HID) * eh[None, :], axis=1)
+            if member == 0:
+                tl.store(U_ptr + tt * B + rb, u, mask=b_ok)
         for j0 in range(member * BLOCK_N, HID, SPLIT * BLOCK_N):
             cols = j0 + rn
             c_ok = cols < HID
@@ -59,15 +63,17 @@ def _convolution_forward_kernel(
             for k0 in range(0, HID, BLOCK_K):
                 acc += tl.dot(_state(h_prev, rb, k0 + rk, B, HID, HID), _tile(Wh_ptr, k0 + rk, cols, HID, HID, HID),
                               input_precision=PRECISION)
-            acc += u[:, None] * tl.load(K_ptr + cols, mask=c_ok, other=0.0)[None, :]  # s = t: K_0
-            for s0 in range(0, t, BLOCK_S):  # s < t: the inputs stored at the earlier steps
-                s = s0 + rs
-                earlier = s < t
-                us = tl.load(U_ptr + s[None, :].to(tl.int64) * B + rb[:, None], mask=b_ok[:, None] & earlier[None, :],
-                             other=0.0, cache_modifier=".cg")  # (BLOCK_B, BLOCK_S)
-                ks = tl.load(K_ptr + (t - s)[:, None].to(tl.int64) * HID + cols[None, :],
-                             mask=earlier[:, None] & c_ok[None, :], other=0.0)  # (BLOCK_S, BLOCK_N): K_{t-s}
-                acc += tl.dot(us, ks, input_precision=PRECISION)
+            if HAS_CONV:
+                acc += u[:, None] * tl.load(K_ptr + cols, mask=c_ok, other=0.0)[None, :]  # s = t: K_0
+                for s0 in range(0, t, BLOCK_S):  # s < t: the inputs stored at the earlier steps
+                    s = s0 + rs
+                    earlier = s < t
+                    us = tl.load(U_ptr + s[None, :].to(tl.int64) * B + rb[:, None],
+                                 mask=b_ok[:, None] & earlier[None, :], other=0.0,
+                                 cache_modifier=".cg")  # (BLOCK_B, BLOCK_S)
+                    ks = tl.load(K_ptr + (t - s)[:, None].to(tl.int64) * HID + cols[None, :],
+                                 mask=earlier[:, None] & c_ok[None, :], other=0.0)  # (BLOCK_S, BLOCK_N): K_{t-s}
+                    acc += tl.dot(us, ks, input_precision=PRECISION)
             if RELU:
                 h = tl.maximum(acc, 0.0)
             else:
@@ -82,8 +88,8 @@ def _convolution_backward_kernel(
         DP_ptr, DU_ptr, ACC_ptr, sync_ptr,  # outputs (T+1, B, H) with DP[T] = 0, (T+1, B); (MEMBERS, T, B) zeros
         T, B, HID,
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
-        MEMBERS: tl.constexpr, HAS_EH: tl.constexpr, HAS_GU: tl.constexpr, RELU: tl.constexpr,
-        PRECISION: tl.constexpr):
+        MEMBERS: tl.constexpr, HAS_CONV: tl.constexpr, HAS_EH: tl.constexpr, HAS_GU: tl.constexpr,
+        RELU: tl.constexpr, PRECISION: tl.constexpr):
     member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
     rk = tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
@@ -95,15 +101,15 @@ def _convolution_backward_kernel(
         t = T - 1 - step
         tt = tl.cast(t, tl.int64)  # offsets of (T, B, H) buffers can pass 2**31
         dp_next = DP_ptr + (tt + 1) * B * HID
-        # du_{t+1}: every member's pushes into step t+1 are complete since the last barrier.
-        later = t + 1 < T
-        parts = tl.load(ACC_ptr + rm[:, None] * T * B + (tt + 1) * B + rb[None, :],
-                        mask=(rm[:, None] < SPLIT) & b_ok[None, :] & later, other=0.0, cache_modifier=".cg")
-        du_next = tl.sum(parts, axis=0)  # (BLOCK_B,)
-        if HAS_GU:
-            du_next += tl.load(gu_ptr + (tt + 1) * B + rb, mask=b_ok & later, other=0.0)
-        if member == 0:
-            tl.store(DU_ptr + (tt + 1) * B + rb, du_next, mask=b_ok)
+        if HAS_CONV:  # du_{t+1}: every member's pushes into step t+1 are complete since the last barrier.
+            later = t + 1 < T
+            parts = tl.load(ACC_ptr + rm[:, None] * T * B + (tt + 1) * B + rb[None, :],
+                            mask=(rm[:, None] < SPLIT) & b_ok[None, :] & later, other=0.0, cache_modifier=".cg")
+            du_next = tl.sum(parts, axis=0)  # (BLOCK_B,)
+            if HAS_GU:
+                du_next += tl.load(gu_ptr + (tt + 1) * B + rb, mask=b_ok & later, other=0.0)
+            if member == 0:
+                tl.store(DU_ptr + (tt + 1) * B + rb, du_next, mask=b_ok)
         for j0 in range(member * BLOCK_N, HID, SPLIT * BLOCK_N):
             cols = j0 + rn
             c_ok = cols < HID
@@ -119,25 +125,27 @@ def _convolution_backward_kernel(
             else:
                 dp = g * (1.0 - h * h)
             _put(DP_ptr + tt * B * HID, dp, rb, cols, B, HID, HID)
-            # Push dp_t into every earlier input's sum: ACC[member, s] += dp_t[cols] . K_{t-s}[cols], s <= t.
-            for s0 in range(0, t + 1, BLOCK_S):
-                s = s0 + rs
-                ok = s <= t
-                k_t = tl.load(K_ptr + (t - s)[None, :].to(tl.int64) * HID + cols[:, None],
-                              mask=c_ok[:, None] & ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_S): K_{t-s}^T
-                sums = mine + s[None, :].to(tl.int64) * B + rb[:, None]
-                keep = b_ok[:, None] & ok[None, :]
-                so_far = tl.load(sums, mask=keep, other=0.0)
-                tl.store(sums, so_far + tl.dot(dp, k_t, input_precision=PRECISION), mask=keep)
-            tl.debug_barrier()  # the next column chunk adds to the same sums
+            if HAS_CONV:
+                # Push dp_t into every earlier input's sum: ACC[member, s] += dp_t[cols] . K_{t-s}[cols], s <= t.
+                for s0 in range(0, t + 1, BLOCK_S):
+                    s = s0 + rs
+                    ok = s <= t
+                    k_t = tl.load(K_ptr + (t - s)[None, :].to(tl.int64) * HID + cols[:, None],
+                                  mask=c_ok[:, None] & ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_S): K_{t-s}^T
+                    sums = mine + s[None, :].to(tl.int64) * B + rb[:, None]
+                    keep = b_ok[:, None] & ok[None, :]
+                    so_far = tl.load(sums, mask=keep, other=0.0)
+                    tl.store(sums, so_far + tl.dot(dp, k_t, input_precision=PRECISION), mask=keep)
+                tl.debug_barrier()  # the next column chunk adds to the same sums
         _group_barrier(counter, (step + 1) * SPLIT)  # all of dp_t and the pushes into step t written
-    if member == 0:  # du_0, now that every push has landed
-        parts = tl.load(ACC_ptr + rm[:, None] * T * B + rb[None, :], mask=(rm[:, None] < SPLIT) & b_ok[None, :],
-                        other=0.0, cache_modifier=".cg")
-        du_first = tl.sum(parts, axis=0)
-        if HAS_GU:
-            du_first += tl.load(gu_ptr + rb, mask=b_ok, other=0.0)
-        tl.store(DU_ptr + rb, du_first, mask=b_ok)
+    if HAS_CONV:
+        if member == 0:  # du_0, now that every push has landed
+            parts = tl.load(ACC_ptr + rm[:, None] * T * B + rb[None, :],
+                            mask=(rm[:, None] < SPLIT) & b_ok[None, :], other=0.0, cache_modifier=".cg")
+            du_first = tl.sum(parts, axis=0)
+            if HAS_GU:
+                du_first += tl.load(gu_ptr + rb, mask=b_ok, other=0.0)
+            tl.store(DU_ptr + rb, du_first, mask=b_ok)
 
 
 def _dummy(like: torch.Tensor) -> torch.Tensor:
@@ -153,21 +161,21 @@ def _configs():
     return [({"BLOCK_N": n, "BLOCK_K": k, "BLOCK_S": s}, w) for n, k, s, w in CONFIGS]
 
 
-def forward_core(ux, xh, K, E_h, W_h, h0, relu: bool, precision: str = "ieee"):
-    """Same contract as ``convolution_torch.forward_core``; every tensor float32 and contiguous on one device."""
-    time, batch, _ = ux.shape
-    hidden = W_h.shape[0]
-    H_ext = ux.new_empty(time + 1, batch, hidden)
-    U = torch.empty_like(ux)
+def _forward(ux, xh, K, E_h, W_h, h0, relu: bool, precision: str):
+    """H_ext ``(T+1, B, H)`` and U ``(T, B, 1)`` (None without a convolution: K None)."""
+    time, batch, hidden = xh.shape
+    H_ext = xh.new_empty(time + 1, batch, hidden)
+    U = None if K is None else torch.empty_like(ux)
     H_ext[0] = h0
-    counters = torch.zeros(triton.cdiv(batch, BLOCK_B), dtype=torch.int32, device=ux.device)
+    counters = torch.zeros(triton.cdiv(batch, BLOCK_B), dtype=torch.int32, device=xh.device)
+    dummy = _dummy(xh)
     # No product here multiplies a memory state: "mixed" is tf32 throughout.
-    launch_autotuned("convolution-forward", _convolution_forward_kernel, _configs(),
-                     _grid(batch, hidden, ux.device), ux.device, ["HID", "PRECISION"],
-                     ux_ptr=ux, xh_ptr=xh, K_ptr=K, eh_ptr=_dummy(ux) if E_h is None else E_h, Wh_ptr=W_h,
-                     H_ptr=H_ext, U_ptr=U, sync_ptr=counters, T=time, B=batch, HID=hidden, BLOCK_B=BLOCK_B,
-                     HAS_EH=E_h is not None, RELU=relu,
-                     PRECISION=product_precisions(precision)["PRECISION"])
+    launch_autotuned("convolution-forward" if K is not None else "elman-forward", _convolution_forward_kernel,
+                     _configs(), _grid(batch, hidden, xh.device), xh.device, ["HID", "PRECISION"],
+                     ux_ptr=dummy if ux is None else ux, xh_ptr=xh, K_ptr=dummy if K is None else K,
+                     eh_ptr=dummy if E_h is None else E_h, Wh_ptr=W_h, H_ptr=H_ext, U_ptr=dummy if U is None else U,
+                     sync_ptr=counters, T=time, B=batch, HID=hidden, BLOCK_B=BLOCK_B, HAS_CONV=K is not None,
+                     HAS_EH=E_h is not None, RELU=relu, PRECISION=product_precisions(precision)["PRECISION"])
     return H_ext, U
 
 
@@ -176,25 +184,52 @@ def partial_sums(members: int, time: int, batch: int, like: torch.Tensor) -> tor
     return like.new_zeros(members, time, batch)
 
 
-def backward_core(grad_h, grad_u, H_ext, K, E_h, W_h, relu: bool, precision: str = "ieee"):
-    """Same contract as ``convolution_torch.backward_core``."""
+def _backward(grad_h, grad_u, H_ext, K, E_h, W_h, relu: bool, precision: str):
+    """DP ``(T, B, H)``, DU ``(T, B, 1)`` (None without a convolution) and the gradient of h0."""
     time, batch, hidden = grad_h.shape
     device = grad_h.device
     members = max(_grid(batch, hidden, device)({"BLOCK_N": n})[0] for n, _, _, _ in CONFIGS)
     DP = grad_h.new_empty(time + 1, batch, hidden)
-    DU = grad_h.new_empty(time + 1, batch)
-    ACC = partial_sums(triton.next_power_of_2(members), time, batch, grad_h)
     DP[time] = 0  # nothing flows back from beyond the last step
+    dummy = _dummy(grad_h)
+    DU = None if K is None else grad_h.new_empty(time + 1, batch)
+    ACC = dummy if K is None else partial_sums(triton.next_power_of_2(members), time, batch, grad_h)
     counters = torch.zeros(triton.cdiv(batch, BLOCK_B), dtype=torch.int32, device=device)
-    launch_autotuned("convolution-backward", _convolution_backward_kernel, _configs(), _grid(batch, hidden, device),
-                     device, ["HID", "PRECISION"], reset=("sync_ptr", "ACC_ptr"),
-                     gh_ptr=grad_h, gu_ptr=_dummy(grad_h) if grad_u is None else grad_u, H_ptr=H_ext, K_ptr=K,
-                     eh_ptr=_dummy(grad_h) if E_h is None else E_h, WhT_ptr=W_h.t().contiguous(), DP_ptr=DP,
-                     DU_ptr=DU, ACC_ptr=ACC, sync_ptr=counters, T=time, B=batch, HID=hidden, BLOCK_B=BLOCK_B,
-                     MEMBERS=ACC.shape[0], HAS_EH=E_h is not None, HAS_GU=grad_u is not None, RELU=relu,
-                     PRECISION=product_precisions(precision)["PRECISION"])
-    DP, DU = DP[:time], DU[:time, :, None]
+    launch_autotuned("convolution-backward" if K is not None else "elman-backward", _convolution_backward_kernel,
+                     _configs(), _grid(batch, hidden, device), device, ["HID", "PRECISION"],
+                     reset=("sync_ptr",) if K is None else ("sync_ptr", "ACC_ptr"),
+                     gh_ptr=grad_h, gu_ptr=dummy if grad_u is None else grad_u, H_ptr=H_ext,
+                     K_ptr=dummy if K is None else K, eh_ptr=dummy if E_h is None else E_h,
+                     WhT_ptr=W_h.t().contiguous(), DP_ptr=DP, DU_ptr=dummy if DU is None else DU, ACC_ptr=ACC,
+                     sync_ptr=counters, T=time, B=batch, HID=hidden, BLOCK_B=BLOCK_B,
+                     MEMBERS=ACC.shape[0] if K is not None else 1, HAS_CONV=K is not None, HAS_EH=E_h is not None,
+                     HAS_GU=grad_u is not None, RELU=relu, PRECISION=product_precisions(precision)["PRECISION"])
+    DP = DP[:time]
     grad_h0 = DP[0] @ W_h.t()
-    if E_h is not None:
-        grad_h0 = torch.addmm(grad_h0, DU[0], E_h.t())
+    if DU is not None:
+        DU = DU[:time, :, None]
+        if E_h is not None:
+            grad_h0 = torch.addmm(grad_h0, DU[0], E_h.t())
     return DP, DU, grad_h0
+
+
+def forward_core(ux, xh, K, E_h, W_h, h0, relu: bool, precision: str = "ieee"):
+    """Same contract as ``convolution_torch.forward_core``; every tensor float32 and contiguous on one device."""
+    return _forward(ux, xh, K, E_h, W_h, h0, relu, precision)
+
+
+def backward_core(grad_h, grad_u, H_ext, K, E_h, W_h, relu: bool, precision: str = "ieee"):
+    """Same contract as ``convolution_torch.backward_core``."""
+    return _backward(grad_h, grad_u, H_ext, K, E_h, W_h, relu, precision)
+
+
+def elman_forward(projected, W_h, h0, relu: bool, precision: str = "ieee"):
+    """The Elman recurrence h_t = act(p_t + h_{t-1} W_h) with the same kernel, no convolution: projected
+    ``(T, B, H)``, W_h ``(H, H)`` (h @ W_h), h0 ``(B, H)`` -> H_ext ``(T+1, B, H)``."""
+    return _forward(None, projected, None, None, W_h, h0, relu, precision)[0]
+
+
+def elman_backward(grad_h, H_ext, W_h, relu: bool, precision: str = "ieee"):
+    """The Elman recurrence's backward: DP ``(T, B, H)`` (d loss / d p_t) and the gradient of h0."""
+    DP, _, grad_h0 = _backward(grad_h, None, H_ext, None, None, W_h, relu, precision)
+    return DP, grad_h0

@@ -382,9 +382,9 @@ def _resident_widths(batch: int, N: int, hidden: int, device: torch.device) -> l
 
 def wants_resident(style: str, precisions: dict) -> bool:
     """Whether ``style`` asks for the resident kernels with these ``product_precisions``. With tensor-core
-    products they spill kilobytes per thread (ptxas: 32 registers and 11-14 KB of spill stores in tf32x3, 0.2-5
-    KB in "mixed", every tile; benchmarks/triton_registers.py), so "auto" keeps them for "ieee" products, where
-    four tiles compile without spills."""
+    products they spill in every tile at the psMNIST widths (ptxas: 1.2-13 KB of spill stores per thread in
+    tf32x3, 40 B-5 KB in "mixed"; benchmarks/triton_registers.py), so "auto" keeps them for "ieee" products,
+    where four tiles compile without spills."""
     tensor_cores = any(p != "ieee" for p in precisions.values())
     return style == "resident" or style == "auto" and not tensor_cores
 
