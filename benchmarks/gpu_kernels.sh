@@ -14,7 +14,7 @@
 # The fused cell's two algorithms against both LSTMs, and the block-GEMM memory, in one call of ~8 minutes:
 #   STEPS=check,bench CHECKS="check_convolution_cell check_elman check_lmu_fused_mode" BENCH_S=360
 #   BENCH_ARGS="--paths lmu-cell-fused,lmu-cell-fused-mixed,lmu-cell-fused-conv,lmu-cell-fused-conv-tf32,
-#   lmu-fused,lmu-fused-conv,lmu-fused-conv-tf32,lmu-fft-elman,lmu-fft-elman-tf32,lstm,lstm-fp32,memory-fft,
+#   lmu-fused,lmu-fused-conv,lmu-fused-conv-tf32,lmu-fft-elman,lstm,lstm-fp32,memory-fft,
 #   memory-toeplitz-tf32,memory-blockgemm,memory-blockgemm-tf32 --repeat 10 --warmup 2"
 #   bash benchmarks/gpu_kernels.sh
 set -uo pipefail

@@ -70,10 +70,33 @@ def test_backend_choice_and_bad_arguments():
     with pytest.raises(ValueError, match="backend must be one of"):
         elman_recurrence(*args, backend="cuda")
     if triton_available():
+        from contime.ops.elman.persistent import persistent_elman
         with pytest.raises(ValueError, match="valid must be None"):
             elman_recurrence(*args, valid, backend="triton")
-    with pytest.raises(ValueError, match="float32"):
-        elman_recurrence(*arguments(3, 2, 4, torch.float64), backend="triton")
+        with pytest.raises(ValueError, match="float32"):
+            elman_recurrence(*arguments(3, 2, 4, torch.float64), backend="triton")
+        projected, weight, h0 = args
+        with pytest.raises(ValueError, match="weight_hh is torch.float64"):
+            persistent_elman(projected, weight.double(), h0)
+        with pytest.raises(ValueError, match="precision must be one of"):
+            persistent_elman(projected, weight, h0, precision="bf16")
+        with pytest.raises(ValueError, match=r"h0 \(2, 4\).*got \(4, 4\) and \(1, 4\)"):
+            persistent_elman(projected, weight, h0[:1])
+
+
+@needs_triton
+def test_persistent_kernels_take_strided_inputs_and_frozen_weights():
+    """A strided (time-major view of batch-first) input and a weight without requires_grad: same outputs and
+    input gradients as the torch loop."""
+    projected, weight, h0 = [a.detach() for a in arguments(5, 17, 20, torch.float32)]
+    results = []
+    for backend in ("triton", "torch"):
+        x = projected.transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()  # (T, B, H) view of (B, T, H)
+        assert not x.is_contiguous()
+        hs = elman_recurrence(x, weight, h0, backend=backend)
+        results.append([hs, *torch.autograd.grad(hs.square().sum(), [x])])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_lmu_with_a_relu_rnn_cell_runs_in_the_parallel_modes():
@@ -83,9 +106,26 @@ def test_lmu_with_a_relu_rnn_cell_runs_in_the_parallel_modes():
     torch.manual_seed(0)
     lmu = contime.LMU(1, 1, 4, 5.0, nn.RNNCell(4, 3, nonlinearity="relu")).double()
     x = torch.randn(2, 6, 1, dtype=torch.float64)
-    outputs = {}
+    results = {}
     for mode in ("recurrent", "fft", "conv"):
         lmu.mode = mode
-        outputs[mode] = lmu(x)[0]
-    torch.testing.assert_close(outputs["fft"], outputs["recurrent"])
-    torch.testing.assert_close(outputs["conv"], outputs["recurrent"])
+        y = lmu(x)[0]
+        weights = [p for p in lmu.parameters() if p.requires_grad]
+        results[mode] = [y, *torch.autograd.grad(y.square().sum(), weights)]
+    for mode in ("fft", "conv"):
+        for got, ref in zip(results[mode], results["recurrent"]):
+            torch.testing.assert_close(got, ref)
+
+
+def test_bench_switches_the_elman_backend_only_inside_its_path():
+    """The lmu-fft-elman path's settings route the Elman recurrence to the kernels on CUDA and restore the choice
+    after; off CUDA the path is skipped."""
+    from contime.bench import PathUnavailable, build_case
+    from contime.bench.paths import QUICK_SHAPE, persistent_elman_on_cuda
+    from contime.ops.elman import manual
+    before = manual.CUDA_BACKEND
+    with persistent_elman_on_cuda():
+        assert manual.CUDA_BACKEND == "triton"
+    assert manual.CUDA_BACKEND == before
+    with pytest.raises(PathUnavailable, match="CUDA"):
+        build_case("lmu-fft-elman", QUICK_SHAPE, "cpu")

@@ -371,7 +371,6 @@ register_lmu_path("lmu-cell-fused-tf32", mode="fused", config="cell-tf32")
 register_lmu_path("lmu-fft", mode="fft", config="psmnist")  # on CUDA: the projected Toeplitz kernel
 register_lmu_path("lmu-fft-tf32", mode="fft", config="psmnist-tf32")
 register_lmu_path("lmu-fft-elman", mode="fft", config="psmnist", persistent_elman=True)
-register_lmu_path("lmu-fft-elman-tf32", mode="fft", config="psmnist-tf32", persistent_elman=True)
 register_lmu_path("lmu-cell-fused-mixed", mode="fused", config="cell-mixed")
 register_lmu_path("lmu-fused", mode="fused", config="psmnist")
 register_lmu_path("lmu-fused-mixed", mode="fused", config="psmnist-mixed")

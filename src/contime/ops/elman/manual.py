@@ -82,9 +82,10 @@ def elman_recurrence(projected: torch.Tensor, weight_hh: torch.Tensor, h0: torch
     Returns:
         h for every step, ``(time, batch, hidden)``.
     """
-    from ..lmu_cell import resolve_backend
+    from ..lmu_cell import resolve_backend, triton_available
     if backend == "auto":
-        eligible = valid is None and projected.device.type == "cuda" and projected.dtype == torch.float32
+        eligible = (valid is None and projected.device.type == "cuda" and projected.dtype == torch.float32
+                    and triton_available())
         backend = CUDA_BACKEND if eligible else "torch"
     backend = resolve_backend(backend, projected.device, projected.dtype)
     if backend == "triton":

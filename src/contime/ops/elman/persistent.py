@@ -11,9 +11,10 @@ class _PersistentElman(torch.autograd.Function):
     @staticmethod
     def forward(ctx, projected, weight_hh, h0, relu, precision):
         from ..lmu_cell.convolution_triton import elman_forward
-        W_h = weight_hh.t().contiguous()  # the kernels take h @ W_h
-        H_ext = elman_forward(projected.contiguous(), W_h, h0.contiguous(), relu, precision)
-        ctx.save_for_backward(H_ext, W_h)
+        weight_hh = weight_hh.contiguous()
+        # The kernels take h @ W_h, W_h = weight_hh.T; the backward's products read weight_hh itself.
+        H_ext = elman_forward(projected.contiguous(), weight_hh.t().contiguous(), h0.contiguous(), relu, precision)
+        ctx.save_for_backward(H_ext, weight_hh)
         ctx.relu, ctx.precision = relu, precision
         return H_ext[1:].clone()
 
@@ -22,14 +23,28 @@ class _PersistentElman(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: the saved tensors carry no graph, so refuse
             raise RuntimeError("the Elman recurrence has no double backward (create_graph=True); use mode='recurrent'")
         from ..lmu_cell.convolution_triton import elman_backward
-        H_ext, W_h = ctx.saved_tensors
-        DP, grad_h0 = elman_backward(grad_outputs.contiguous(), H_ext, W_h, ctx.relu, ctx.precision)
-        grad_weight = DP.flatten(0, 1).t() @ H_ext[:-1].flatten(0, 1)  # d loss / d weight_hh, (hidden, hidden)
-        return DP, grad_weight, grad_h0, None, None
+        H_ext, weight_hh = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        with torch.autocast(H_ext.device.type, enabled=False):  # float32 products even inside an autocast region
+            DP, grad_h0 = elman_backward(grad_outputs.float().contiguous(), H_ext, weight_hh, ctx.relu, ctx.precision)
+            grad_weight = DP.flatten(0, 1).t() @ H_ext[:-1].flatten(0, 1) if need[1] else None  # (hidden, hidden)
+        return DP, grad_weight, grad_h0 if need[2] else None, None, None
 
 
 def persistent_elman(projected: torch.Tensor, weight_hh: torch.Tensor, h0: torch.Tensor, relu: bool = False,
                      precision: str = "ieee") -> torch.Tensor:
-    """``elman_recurrence`` without padding, in the Triton kernels (CUDA float32, or the interpreter).
+    """``elman_recurrence`` without padding, in the Triton kernels (CUDA, or the interpreter): projected
+    ``(T, B, H)``, weight_hh ``(H, H)`` (nn.RNNCell's), h0 ``(B, H)``, all float32 on one device -> h ``(T, B, H)``.
     ``precision``: the kernels' products, "ieee", "tf32x3" or "tf32" ("mixed" is tf32 here)."""
+    from ..lmu_cell import PRECISIONS
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    for name, x in (("projected", projected), ("weight_hh", weight_hh), ("h0", h0)):
+        if x.dtype != torch.float32 or x.device != projected.device:
+            raise ValueError(f"the persistent Elman kernels take float32 tensors on one device; {name} is {x.dtype} "
+                             f"on {x.device}, projected on {projected.device}")
+    time, batch, hidden = projected.shape
+    if tuple(weight_hh.shape) != (hidden, hidden) or tuple(h0.shape) != (batch, hidden):
+        raise ValueError(f"weight_hh must be {(hidden, hidden)} and h0 {(batch, hidden)} for projected "
+                         f"{tuple(projected.shape)}; got {tuple(weight_hh.shape)} and {tuple(h0.shape)}")
     return _PersistentElman.apply(projected, weight_hh, h0, bool(relu), precision)

@@ -72,10 +72,12 @@ class _ConvolutionCell(torch.autograd.Function):
         need = ctx.needs_input_grad
         flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731 - (T, B, C) -> (T*B, C)
         H_prev = flat(H_ext[:-1])
-        # d loss / d K[s] = sum_{t, b} dp_t u_{t-s}: a correlation, by FFT (batch-first for the helper).
-        grad_K = toeplitz_kernel_gradient(DP.transpose(0, 1)[:, :, None], U.transpose(0, 1)) if need[2] else None
-        return (DU if need[0] else None, DP if need[1] else None, grad_K,
-                H_prev.t() @ flat(DU) if need[3] else None, H_prev.t() @ flat(DP) if need[4] else None,
+        with torch.autocast(H_ext.device.type, enabled=False):  # the cell's dtype, even inside an autocast region
+            # d loss / d K[s] = sum_{t, b} dp_t u_{t-s}: a correlation, by FFT (batch-first for the helper).
+            grad_K = toeplitz_kernel_gradient(DP.transpose(0, 1)[:, :, None], U.transpose(0, 1)) if need[2] else None
+            grad_E_h = H_prev.t() @ flat(DU) if need[3] else None
+            grad_W_h = H_prev.t() @ flat(DP) if need[4] else None
+        return (DU if need[0] else None, DP if need[1] else None, grad_K, grad_E_h, grad_W_h,
                 grad_h0 if need[5] else None, None, None, None)
 
 

@@ -184,8 +184,11 @@ def partial_sums(members: int, time: int, batch: int, like: torch.Tensor) -> tor
     return like.new_zeros(members, time, batch)
 
 
-def _backward(grad_h, grad_u, H_ext, K, E_h, W_h, relu: bool, precision: str):
-    """DP ``(T, B, H)``, DU ``(T, B, 1)`` (None without a convolution) and the gradient of h0."""
+def _backward(grad_h, grad_u, H_ext, K, E_h, W_h, relu: bool, precision: str, W_hT=None):
+    """DP ``(T, B, H)``, DU ``(T, B, 1)`` (None without a convolution) and the gradient of h0. ``W_hT``: W_h.T
+    contiguous, where the caller has it."""
+    if K is None and E_h is not None:
+        raise ValueError("E_h feeds the memory's input u, which only the convolution (K) reads: pass K")
     time, batch, hidden = grad_h.shape
     device = grad_h.device
     members = max(_grid(batch, hidden, device)({"BLOCK_N": n})[0] for n, _, _, _ in CONFIGS)
@@ -200,12 +203,12 @@ def _backward(grad_h, grad_u, H_ext, K, E_h, W_h, relu: bool, precision: str):
                      reset=("sync_ptr",) if K is None else ("sync_ptr", "ACC_ptr"),
                      gh_ptr=grad_h, gu_ptr=dummy if grad_u is None else grad_u, H_ptr=H_ext,
                      K_ptr=dummy if K is None else K, eh_ptr=dummy if E_h is None else E_h,
-                     WhT_ptr=W_h.t().contiguous(), DP_ptr=DP, DU_ptr=dummy if DU is None else DU, ACC_ptr=ACC,
+                     WhT_ptr=W_h.t().contiguous() if W_hT is None else W_hT, DP_ptr=DP, DU_ptr=dummy if DU is None else DU, ACC_ptr=ACC,
                      sync_ptr=counters, T=time, B=batch, HID=hidden, BLOCK_B=BLOCK_B,
                      MEMBERS=ACC.shape[0] if K is not None else 1, HAS_CONV=K is not None, HAS_EH=E_h is not None,
                      HAS_GU=grad_u is not None, RELU=relu, PRECISION=product_precisions(precision)["PRECISION"])
     DP = DP[:time]
-    grad_h0 = DP[0] @ W_h.t()
+    grad_h0 = DP[0] @ (W_h.t() if W_hT is None else W_hT)
     if DU is not None:
         DU = DU[:time, :, None]
         if E_h is not None:
@@ -229,7 +232,8 @@ def elman_forward(projected, W_h, h0, relu: bool, precision: str = "ieee"):
     return _forward(None, projected, None, None, W_h, h0, relu, precision)[0]
 
 
-def elman_backward(grad_h, H_ext, W_h, relu: bool, precision: str = "ieee"):
-    """The Elman recurrence's backward: DP ``(T, B, H)`` (d loss / d p_t) and the gradient of h0."""
-    DP, _, grad_h0 = _backward(grad_h, None, H_ext, None, None, W_h, relu, precision)
+def elman_backward(grad_h, H_ext, W_hT, relu: bool, precision: str = "ieee"):
+    """The Elman recurrence's backward, given W_hT = W_h.T contiguous (nn.RNNCell's weight_hh): DP ``(T, B, H)``
+    (d loss / d p_t) and the gradient of h0."""
+    DP, _, grad_h0 = _backward(grad_h, None, H_ext, None, None, W_hT.t(), relu, precision, W_hT=W_hT)
     return DP, grad_h0
