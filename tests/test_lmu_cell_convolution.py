@@ -225,11 +225,10 @@ def test_lmu_runs_the_convolution_kernels_in_float32(monkeypatch):
 def test_lmu_takes_the_state_algorithm_beyond_the_convolution_limit(monkeypatch):
     """Past MAX_TIME steps the O(T^2) convolution gives way to the state algorithm, which computes the same."""
     from contime.ops.lmu_cell import convolution
+    import contime.lmu as lmu_module
     lmu = contime.LMU(1, 1, 4, 10.0, nn.RNNCell(4, 3), hidden_to_memory=True, mode="fused",
                       fused_algorithm="convolution").double()
-    monkeypatch.setattr(convolution, "MAX_TIME", 8)  # the LMU reads its own copy of the limit...
-    import contime.lmu as lmu_module
-    monkeypatch.setattr(lmu_module, "CONVOLUTION_MAX_TIME", 8)  # ...set here
+    monkeypatch.setattr(convolution, "MAX_TIME", 8)
     calls = []
     original = lmu_module.lmu_cell_convolution
     monkeypatch.setattr(lmu_module, "lmu_cell_convolution", lambda *a, **k: calls.append(1) or original(*a, **k))

@@ -35,7 +35,7 @@ from .ops.lmu_memory import (
 )
 from .ops.lmu_cell import PRECISIONS as KERNEL_PRECISIONS
 from .ops.lmu_cell import lmu_cell_convolution, lmu_cell_sequence, triton_available
-from .ops.lmu_cell.convolution import MAX_TIME as CONVOLUTION_MAX_TIME
+from .ops.lmu_cell import convolution as convolution_algorithm
 from .ops.lmu_memory.dispatch import causal_projection, memory_all_steps
 from .ops.lmu_memory.common import apply_state_matrix, zero_input_response
 from .ops.lmu_memory.final import FINAL_CHUNK
@@ -531,12 +531,13 @@ class LMU(nn.Module):
 
     def _uses_convolution(self, time: int) -> bool:
         """Whether the "fused" mode runs the convolution algorithm for ``time`` steps: as asked, up to its
-        O(T^2) limit (``CONVOLUTION_MAX_TIME``); the state algorithm computes the same beyond it."""
-        return self.fused_algorithm == "convolution" and time <= CONVOLUTION_MAX_TIME
+        O(T^2) limit (``convolution.MAX_TIME``); the state algorithm computes the same beyond it."""
+        return self.fused_algorithm == "convolution" and time <= convolution_algorithm.MAX_TIME
 
     def _forward_fused(self, x, u_x, state, A_bar, B_bar, H, starts_at_zero):
         """The "fused" mode: the whole cell as one autograd node (``contime.ops.lmu_cell``), time-major. H: the
-        impulse response ``(1, time, n)`` for the convolution algorithm, else None."""
+        impulse response ``(1, time, n)`` where the convolution algorithm runs (``_uses_convolution``), else
+        None (the state algorithm)."""
         cell = self.hidden_cell
         D, n = self.memory_d, self.order
         N = D * n
@@ -570,7 +571,7 @@ class LMU(nn.Module):
                 dtype = torch.promote_types(dtype, tensor.dtype)
         args = [t if t is None else t.to(dtype) for t in args]
         relu = cell.nonlinearity == "relu"
-        if self._uses_convolution(xs.shape[0]):
+        if H is not None:
             ux, xh, _, _, E_h, _, W_m, W_h, m0, h0 = args
             m0 = None if starts_at_zero else m0[:, None]  # (batch, 1, n)
             A_bar, B_bar = A_bar.to(dtype), B_bar.to(dtype)

@@ -313,16 +313,21 @@ LMU_CONFIGS: dict[str, dict[str, Any]] = {
 
 
 @contextlib.contextmanager
+def attribute_set(owner, name: str, value):
+    """``owner.name = value`` inside, the previous value restored after (a global switch for one path)."""
+    before = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, before)
+
+
 def persistent_elman_on_cuda():
     """The parallel modes' Elman recurrence in the persistent Triton kernels on CUDA inside (``CUDA_BACKEND`` of
     ``contime.ops.elman.manual``, restored after)."""
     from ..ops.elman import manual
-    before = manual.CUDA_BACKEND
-    manual.CUDA_BACKEND = "triton"
-    try:
-        yield
-    finally:
-        manual.CUDA_BACKEND = before
+    return attribute_set(manual, "CUDA_BACKEND", "triton")
 
 
 def lmu_case(shape: BenchShape, device: torch.device, dtype: torch.dtype, mode: str, config: str,
@@ -382,34 +387,27 @@ register_lmu_path("lmu-loop", mode="recurrent", config="psmnist")
 
 
 # ---------------------------------------------------------------------------------------------------- baseline
+def _cudnn_rnn_switch() -> tuple:
+    """(owner, attribute, on, off) of the switch that lets cuDNN's RNNs run float32 products on TF32 tensor cores:
+    torch.backends.cudnn.rnn.fp32_precision where torch has it (the legacy allow_tf32 raises once the conv and RNN
+    flags differ), else allow_tf32. PyTorch's default is on: the RNN descriptor then gets CUDNN_DEFAULT_MATH,
+    not CUDNN_FMA_MATH."""
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    if rnn is not None and hasattr(rnn, "fp32_precision"):
+        return rnn, "fp32_precision", "tf32", "ieee"
+    return torch.backends.cudnn, "allow_tf32", True, False
+
+
 def cudnn_rnn_tf32() -> bool:
-    """Whether cuDNN's RNNs may run float32 products on TF32 tensor cores: torch.backends.cudnn.rnn.fp32_precision
-    where torch has it (the legacy allow_tf32 raises once conv and RNN flags differ), else allow_tf32."""
-    rnn = getattr(torch.backends.cudnn, "rnn", None)
-    if rnn is not None and hasattr(rnn, "fp32_precision"):
-        return rnn.fp32_precision == "tf32"
-    return torch.backends.cudnn.allow_tf32
+    """Whether cuDNN's RNNs may run float32 products on TF32 tensor cores now."""
+    owner, name, on, _ = _cudnn_rnn_switch()
+    return getattr(owner, name) == on
 
 
-@contextlib.contextmanager
 def cudnn_tf32(allowed: bool):
-    """cuDNN's RNNs with TF32 ``allowed`` or not inside, the flag restored after. PyTorch's default lets them run
-    float32 products on TF32 tensor cores (the RNN descriptor gets CUDNN_DEFAULT_MATH, not CUDNN_FMA_MATH)."""
-    rnn = getattr(torch.backends.cudnn, "rnn", None)
-    if rnn is not None and hasattr(rnn, "fp32_precision"):
-        before = rnn.fp32_precision
-        rnn.fp32_precision = "tf32" if allowed else "ieee"
-        try:
-            yield
-        finally:
-            rnn.fp32_precision = before
-        return
-    before = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = allowed
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = before
+    """cuDNN's RNNs with TF32 ``allowed`` or not inside, the switch restored after."""
+    owner, name, on, off = _cudnn_rnn_switch()
+    return attribute_set(owner, name, on if allowed else off)
 
 
 def lstm_case(shape: BenchShape, device: torch.device, dtype: torch.dtype, tf32: bool) -> Case:

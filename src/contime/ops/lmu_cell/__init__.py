@@ -24,10 +24,11 @@ barrier per step in its kernels instead of two.
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 from ..triton_env import interpreting, triton_available
-from . import core_torch
 
 BACKENDS = ("auto", "torch", "triton")
 PRECISIONS = ("ieee", "tf32x3", "tf32", "mixed")
@@ -50,21 +51,25 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = tor
     return backend
 
 
-def _core(backend: str):
-    if backend == "triton":
-        from . import core_triton
-        return core_triton
-    return core_torch
+def core_module(backend: str, algorithm: str = "core"):
+    """The module that runs ``algorithm`` ("core": the state algorithm; "convolution") on ``backend``:
+    ``{algorithm}_torch`` or ``{algorithm}_triton``."""
+    return importlib.import_module(f".{algorithm}_{backend}", __name__)
+
+
+def core_arguments(backend: str, precision: str, args: list) -> tuple[list, dict]:
+    """``args`` as the backend's core takes them (the kernels index every buffer densely, torch ops take any
+    strides), and its keyword arguments (only the kernels take a precision)."""
+    if backend == "torch":
+        return args, {}
+    return [x if x is None else x.contiguous() for x in args], {"precision": precision}
 
 
 class _LMUCellSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, relu, backend, precision):
-        core = _core(backend)
-        extra = {} if backend == "torch" else {"precision": precision}
-        args = [ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0]
-        if backend == "triton":  # the kernels index every buffer densely; torch ops take any strides
-            args = [x if x is None else x.contiguous() for x in args]
+        core = core_module(backend)
+        args, extra = core_arguments(backend, precision, [ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0])
         H_ext, M_ext, U = core.forward_core(*args, relu, **extra)
         ctx.save_for_backward(H_ext, M_ext, U, A_T, Bm, E_h, E_m, W_m, W_h)
         ctx.relu, ctx.backend, ctx.extra = relu, backend, extra
@@ -80,7 +85,7 @@ class _LMUCellSequence(torch.autograd.Function):
         H_ext, M_ext, U, A_T, Bm, E_h, E_m, W_m, W_h = ctx.saved_tensors
         if grad_hs is None:
             grad_hs = torch.zeros_like(H_ext[1:])
-        core = _core(ctx.backend)
+        core = core_module(ctx.backend)
         DP, DM, DU, grad_h0, grad_m0 = core.backward_core(
             grad_hs.contiguous(), None if grad_ms is None else grad_ms.contiguous(), H_ext, A_T.contiguous(),
             Bm.contiguous(), E_h, E_m, W_m.contiguous(), W_h.contiguous(), ctx.relu, **ctx.extra)

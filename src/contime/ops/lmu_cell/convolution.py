@@ -31,26 +31,16 @@ from __future__ import annotations
 import torch
 
 from ..lmu_memory.fft import toeplitz_kernel_gradient
-from . import convolution_torch
+from . import PRECISIONS, _check, core_arguments, core_module, resolve_backend
 
 MAX_TIME = 4096  # O(T^2): beyond this the state algorithm (O(T N) per sequence) is the better choice
-
-
-def _core(backend: str):
-    if backend == "triton":
-        from . import convolution_triton
-        return convolution_triton
-    return convolution_torch
 
 
 class _ConvolutionCell(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ux, xh, K, E_h, W_h, h0, relu, backend, precision):
-        core = _core(backend)
-        extra = {} if backend == "torch" else {"precision": precision}
-        args = [ux, xh, K, E_h, W_h, h0]
-        if backend == "triton":  # the kernels index every buffer densely
-            args = [x if x is None else x.contiguous() for x in args]
+        core = core_module(backend, "convolution")
+        args, extra = core_arguments(backend, precision, [ux, xh, K, E_h, W_h, h0])
         H_ext, U = core.forward_core(*args, relu, **extra)
         _, _, K, E_h, W_h, _ = args  # the contiguous copies: the kernels read them densely in the backward too
         ctx.save_for_backward(H_ext, U, K, E_h, W_h)
@@ -66,7 +56,7 @@ class _ConvolutionCell(torch.autograd.Function):
         H_ext, U, K, E_h, W_h = ctx.saved_tensors
         if grad_hs is None:
             grad_hs = torch.zeros_like(H_ext[1:])
-        core = _core(ctx.backend)
+        core = core_module(ctx.backend, "convolution")
         DP, DU, grad_h0 = core.backward_core(grad_hs.contiguous(), None if grad_us is None else grad_us.contiguous(),
                                              H_ext, K.contiguous(), E_h, W_h.contiguous(), ctx.relu, **ctx.extra)
         need = ctx.needs_input_grad
@@ -83,7 +73,6 @@ class _ConvolutionCell(torch.autograd.Function):
 
 def check_arguments(ux, xh, H, E_h, W_m, W_h, h0) -> None:
     """Every shape must agree exactly: nothing is broadcast."""
-    from . import _check
     for name, x in (("ux", ux), ("xh", xh)):
         if not torch.is_tensor(x) or x.ndim != 3:
             raise ValueError(f"{name} must be a 3-D (time, batch, features) tensor")
@@ -127,7 +116,6 @@ def lmu_cell_convolution(ux, xh, H, E_h, W_m, W_h, h0, *, relu: bool = False, ba
         hs ``(T, B, H)`` and us ``(T, B, 1)``: h_t and the memory's input u_t for every step. The memory's
         states follow from us by the linear memory ops (every state, or only the last).
     """
-    from . import PRECISIONS, resolve_backend
     check_arguments(ux, xh, H, E_h, W_m, W_h, h0)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")

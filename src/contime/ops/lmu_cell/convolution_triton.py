@@ -25,8 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .core_triton import (BLOCK_B, _group_barrier, _group_size, _program_in_group, _put, _state, _tile,
-                          launch_autotuned, product_precisions)
+from .core_triton import (BLOCK_B, _activation, _add_product, _dummy, _group_barrier, _group_size,
+                          _program_in_group, _put, _state, _through_activation, _tile, launch_autotuned,
+                          product_precisions)
 
 # BLOCK_N (columns of h per member), BLOCK_K (rows of W_h per product), BLOCK_S (earlier steps per product),
 # warps; the autotuner picks on the GPU.
@@ -59,10 +60,8 @@ def _convolution_forward_kernel(
         for j0 in range(member * BLOCK_N, HID, SPLIT * BLOCK_N):
             cols = j0 + rn
             c_ok = cols < HID
-            acc = _tile(xh_ptr + tt * B * HID, rb, cols, B, HID, HID)
-            for k0 in range(0, HID, BLOCK_K):
-                acc += tl.dot(_state(h_prev, rb, k0 + rk, B, HID, HID), _tile(Wh_ptr, k0 + rk, cols, HID, HID, HID),
-                              input_precision=PRECISION)
+            acc = _add_product(_tile(xh_ptr + tt * B * HID, rb, cols, B, HID, HID), h_prev, Wh_ptr, rb, cols, B, HID,
+                               HID, BLOCK_K, PRECISION)
             if HAS_CONV:
                 acc += u[:, None] * tl.load(K_ptr + cols, mask=c_ok, other=0.0)[None, :]  # s = t: K_0
                 for s0 in range(0, t, BLOCK_S):  # s < t: the inputs stored at the earlier steps
@@ -74,11 +73,7 @@ def _convolution_forward_kernel(
                     ks = tl.load(K_ptr + (t - s)[:, None].to(tl.int64) * HID + cols[None, :],
                                  mask=earlier[:, None] & c_ok[None, :], other=0.0)  # (BLOCK_S, BLOCK_N): K_{t-s}
                     acc += tl.dot(us, ks, input_precision=PRECISION)
-            if RELU:
-                h = tl.maximum(acc, 0.0)
-            else:
-                h = 2.0 * tl.sigmoid(2.0 * acc) - 1.0  # tanh
-            _put(H_ptr + (tt + 1) * B * HID, h, rb, cols, B, HID, HID)
+            _put(H_ptr + (tt + 1) * B * HID, _activation(acc, RELU), rb, cols, B, HID, HID)
         _group_barrier(counter, (t + 1) * SPLIT)  # all of h_t written
 
 
@@ -91,7 +86,6 @@ def _convolution_backward_kernel(
         MEMBERS: tl.constexpr, HAS_CONV: tl.constexpr, HAS_EH: tl.constexpr, HAS_GU: tl.constexpr,
         RELU: tl.constexpr, PRECISION: tl.constexpr):
     member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
-    rk = tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
     rs = tl.arange(0, BLOCK_S)
     rm = tl.arange(0, MEMBERS)
@@ -113,17 +107,11 @@ def _convolution_backward_kernel(
         for j0 in range(member * BLOCK_N, HID, SPLIT * BLOCK_N):
             cols = j0 + rn
             c_ok = cols < HID
-            g = _tile(gh_ptr + tt * B * HID, rb, cols, B, HID, HID)
-            for k0 in range(0, HID, BLOCK_K):
-                g += tl.dot(_state(dp_next, rb, k0 + rk, B, HID, HID), _tile(WhT_ptr, k0 + rk, cols, HID, HID, HID),
-                            input_precision=PRECISION)
+            g = _add_product(_tile(gh_ptr + tt * B * HID, rb, cols, B, HID, HID), dp_next, WhT_ptr, rb, cols, B, HID,
+                             HID, BLOCK_K, PRECISION)
             if HAS_EH:
                 g += du_next[:, None] * tl.load(eh_ptr + cols, mask=c_ok, other=0.0)[None, :]
-            h = _tile(H_ptr + (tt + 1) * B * HID, rb, cols, B, HID, HID)
-            if RELU:
-                dp = tl.where(h > 0, g, 0.0)
-            else:
-                dp = g * (1.0 - h * h)
+            dp = _through_activation(g, _tile(H_ptr + (tt + 1) * B * HID, rb, cols, B, HID, HID), RELU)
             _put(DP_ptr + tt * B * HID, dp, rb, cols, B, HID, HID)
             if HAS_CONV:
                 # Push dp_t into every earlier input's sum: ACC[member, s] += dp_t[cols] . K_{t-s}[cols], s <= t.
@@ -148,10 +136,6 @@ def _convolution_backward_kernel(
             tl.store(DU_ptr + rb, du_first, mask=b_ok)
 
 
-def _dummy(like: torch.Tensor) -> torch.Tensor:
-    return like.new_zeros(1)
-
-
 def _grid(batch: int, hidden: int, device: torch.device):
     groups = triton.cdiv(batch, BLOCK_B)
     return lambda meta: (_group_size(batch, hidden, meta["BLOCK_N"], device), groups)
@@ -161,8 +145,10 @@ def _configs():
     return [({"BLOCK_N": n, "BLOCK_K": k, "BLOCK_S": s}, w) for n, k, s, w in CONFIGS]
 
 
-def _forward(ux, xh, K, E_h, W_h, h0, relu: bool, precision: str):
-    """H_ext ``(T+1, B, H)`` and U ``(T, B, 1)`` (None without a convolution: K None)."""
+def forward_core(ux, xh, K, E_h, W_h, h0, relu: bool, precision: str = "ieee"):
+    """Same contract as ``convolution_torch.forward_core`` (every tensor float32 and contiguous on one device):
+    H_ext ``(T+1, B, H)`` and U ``(T, B, 1)``; without a convolution (ux, K and E_h None) a plain Elman
+    recurrence, and U None."""
     time, batch, hidden = xh.shape
     H_ext = xh.new_empty(time + 1, batch, hidden)
     U = None if K is None else torch.empty_like(ux)
@@ -184,9 +170,9 @@ def partial_sums(members: int, time: int, batch: int, like: torch.Tensor) -> tor
     return like.new_zeros(members, time, batch)
 
 
-def _backward(grad_h, grad_u, H_ext, K, E_h, W_h, relu: bool, precision: str, W_hT=None):
-    """DP ``(T, B, H)``, DU ``(T, B, 1)`` (None without a convolution) and the gradient of h0. ``W_hT``: W_h.T
-    contiguous, where the caller has it."""
+def backward_core(grad_h, grad_u, H_ext, K, E_h, W_h, relu: bool, precision: str = "ieee", W_hT=None):
+    """Same contract as ``convolution_torch.backward_core``: DP ``(T, B, H)``, DU ``(T, B, 1)`` (None without a
+    convolution) and the gradient of h0. ``W_hT``: W_h.T contiguous, where the caller has it."""
     if K is None and E_h is not None:
         raise ValueError("E_h feeds the memory's input u, which only the convolution (K) reads: pass K")
     time, batch, hidden = grad_h.shape
@@ -198,17 +184,17 @@ def _backward(grad_h, grad_u, H_ext, K, E_h, W_h, relu: bool, precision: str, W_
     DU = None if K is None else grad_h.new_empty(time + 1, batch)
     ACC = dummy if K is None else partial_sums(triton.next_power_of_2(members), time, batch, grad_h)
     counters = torch.zeros(triton.cdiv(batch, BLOCK_B), dtype=torch.int32, device=device)
+    W_hT = W_h.t().contiguous() if W_hT is None else W_hT
     launch_autotuned("convolution-backward" if K is not None else "elman-backward", _convolution_backward_kernel,
                      _configs(), _grid(batch, hidden, device), device, ["HID", "PRECISION"],
-                     reset=("sync_ptr",) if K is None else ("sync_ptr", "ACC_ptr"),
-                     gh_ptr=grad_h, gu_ptr=dummy if grad_u is None else grad_u, H_ptr=H_ext,
-                     K_ptr=dummy if K is None else K, eh_ptr=dummy if E_h is None else E_h,
-                     WhT_ptr=W_h.t().contiguous() if W_hT is None else W_hT, DP_ptr=DP, DU_ptr=dummy if DU is None else DU, ACC_ptr=ACC,
-                     sync_ptr=counters, T=time, B=batch, HID=hidden, BLOCK_B=BLOCK_B,
-                     MEMBERS=ACC.shape[0] if K is not None else 1, HAS_CONV=K is not None, HAS_EH=E_h is not None,
-                     HAS_GU=grad_u is not None, RELU=relu, PRECISION=product_precisions(precision)["PRECISION"])
+                     reset=("sync_ptr", "ACC_ptr"), gh_ptr=grad_h, gu_ptr=dummy if grad_u is None else grad_u,
+                     H_ptr=H_ext, K_ptr=dummy if K is None else K, eh_ptr=dummy if E_h is None else E_h, WhT_ptr=W_hT,
+                     DP_ptr=DP, DU_ptr=dummy if DU is None else DU, ACC_ptr=ACC, sync_ptr=counters, T=time, B=batch,
+                     HID=hidden, BLOCK_B=BLOCK_B, MEMBERS=ACC.shape[0], HAS_CONV=K is not None,
+                     HAS_EH=E_h is not None, HAS_GU=grad_u is not None, RELU=relu,
+                     PRECISION=product_precisions(precision)["PRECISION"])
     DP = DP[:time]
-    grad_h0 = DP[0] @ (W_h.t() if W_hT is None else W_hT)
+    grad_h0 = DP[0] @ W_hT
     if DU is not None:
         DU = DU[:time, :, None]
         if E_h is not None:
@@ -216,24 +202,14 @@ def _backward(grad_h, grad_u, H_ext, K, E_h, W_h, relu: bool, precision: str, W_
     return DP, DU, grad_h0
 
 
-def forward_core(ux, xh, K, E_h, W_h, h0, relu: bool, precision: str = "ieee"):
-    """Same contract as ``convolution_torch.forward_core``; every tensor float32 and contiguous on one device."""
-    return _forward(ux, xh, K, E_h, W_h, h0, relu, precision)
-
-
-def backward_core(grad_h, grad_u, H_ext, K, E_h, W_h, relu: bool, precision: str = "ieee"):
-    """Same contract as ``convolution_torch.backward_core``."""
-    return _backward(grad_h, grad_u, H_ext, K, E_h, W_h, relu, precision)
-
-
 def elman_forward(projected, W_h, h0, relu: bool, precision: str = "ieee"):
     """The Elman recurrence h_t = act(p_t + h_{t-1} W_h) with the same kernel, no convolution: projected
     ``(T, B, H)``, W_h ``(H, H)`` (h @ W_h), h0 ``(B, H)`` -> H_ext ``(T+1, B, H)``."""
-    return _forward(None, projected, None, None, W_h, h0, relu, precision)[0]
+    return forward_core(None, projected, None, None, W_h, h0, relu, precision)[0]
 
 
 def elman_backward(grad_h, H_ext, W_hT, relu: bool, precision: str = "ieee"):
     """The Elman recurrence's backward, given W_hT = W_h.T contiguous (nn.RNNCell's weight_hh): DP ``(T, B, H)``
     (d loss / d p_t) and the gradient of h0."""
-    DP, _, grad_h0 = _backward(grad_h, None, H_ext, None, None, W_hT.t(), relu, precision, W_hT=W_hT)
+    DP, _, grad_h0 = backward_core(grad_h, None, H_ext, None, None, W_hT.t(), relu, precision, W_hT=W_hT)
     return DP, grad_h0

@@ -59,6 +59,33 @@ def _put(ptr, value, rows, cols, n_rows, n_cols, row_stride):
 
 
 @triton.jit
+def _add_product(acc, state_ptr, w_ptr, rows, cols, B, K, W_COLS, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + state[rows, :K] @ w[:K, cols], in chunks of BLOCK_K: a (B, K) state written in this launch (read
+    from L2) times a row-major (K, W_COLS) weight."""
+    rk = tl.arange(0, BLOCK_K)
+    for k0 in range(0, K, BLOCK_K):
+        acc += tl.dot(_state(state_ptr, rows, k0 + rk, B, K, K), _tile(w_ptr, k0 + rk, cols, K, W_COLS, W_COLS),
+                      input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _activation(pre, RELU: tl.constexpr):
+    """h = act(pre): relu, or tanh."""
+    if RELU:
+        return tl.maximum(pre, 0.0)
+    return 2.0 * tl.sigmoid(2.0 * pre) - 1.0  # tanh
+
+
+@triton.jit
+def _through_activation(grad, h, RELU: tl.constexpr):
+    """d loss / d pre from d loss / d h, with act' written in terms of h = act(pre)."""
+    if RELU:
+        return tl.where(h > 0, grad, 0.0)
+    return grad * (1.0 - h * h)
+
+
+@triton.jit
 def _mm(a, b, PRECISION: tl.constexpr):
     """a @ b. With one input dimension (D = 1, so BLOCK_D = 1) a product with E_h, E_m or Bm has an inner or outer
     size of 1: it is then a broadcast product, instead of a tensor-core product padded to 16 whose padded operand
@@ -97,8 +124,8 @@ def _lmu_cell_forward_kernel(
         H_ptr, M_ptr, U_ptr, sync_ptr,  # outputs: H_ext (T+1, B, H), M_ext (T+1, B, N), U (T, B, D); counters
         T, B, HID, N, D,
         BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr,
-        MEMORY_PRECISION: tl.constexpr):
+        HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, RELU: tl.constexpr,
+        PRECISION: tl.constexpr, MEMORY_PRECISION: tl.constexpr):
     member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
     rd = tl.arange(0, BLOCK_D)
     rk = tl.arange(0, BLOCK_K)
@@ -123,25 +150,15 @@ def _lmu_cell_forward_kernel(
         # Phase 2: this member's column chunks of m_t = m_{t-1} A^T + u_t Bm.
         for j0 in range(member * BLOCK_N, N, SPLIT * BLOCK_N):
             acc = _mm(u, _tile(Bm_ptr, rd, j0 + rn, D, N, N), MEMORY_PRECISION)
-            for k0 in range(0, N, BLOCK_K):
-                acc += tl.dot(_state(m_prev, rb, k0 + rk, B, N, N), _tile(AT_ptr, k0 + rk, j0 + rn, N, N, N),
-                              input_precision=MEMORY_PRECISION)
+            acc = _add_product(acc, m_prev, AT_ptr, rb, j0 + rn, B, N, N, BLOCK_K, MEMORY_PRECISION)
             _put(m_new, acc, rb, j0 + rn, B, N, N)
         _group_barrier(counter, (2 * t + 1) * SPLIT)  # all of m_t written
         # Phase 3: this member's column chunks of h_t = act(xh_t + m_t W_m + h_{t-1} W_h).
         for j0 in range(member * BLOCK_N, HID, SPLIT * BLOCK_N):
             acc = _tile(xh_ptr + tt * B * HID, rb, j0 + rn, B, HID, HID)
-            for k0 in range(0, N, BLOCK_K):
-                acc += tl.dot(_state(m_new, rb, k0 + rk, B, N, N), _tile(Wm_ptr, k0 + rk, j0 + rn, N, HID, HID),
-                              input_precision=PRECISION)
-            for k0 in range(0, HID, BLOCK_K):
-                acc += tl.dot(_state(h_prev, rb, k0 + rk, B, HID, HID),
-                              _tile(Wh_ptr, k0 + rk, j0 + rn, HID, HID, HID), input_precision=PRECISION)
-            if RELU:
-                h = tl.maximum(acc, 0.0)
-            else:
-                h = 2.0 * tl.sigmoid(2.0 * acc) - 1.0  # tanh
-            _put(h_new, h, rb, j0 + rn, B, HID, HID)
+            acc = _add_product(acc, m_new, Wm_ptr, rb, j0 + rn, B, N, HID, BLOCK_K, PRECISION)
+            acc = _add_product(acc, h_prev, Wh_ptr, rb, j0 + rn, B, HID, HID, BLOCK_K, PRECISION)
+            _put(h_new, _activation(acc, RELU), rb, j0 + rn, B, HID, HID)
         _group_barrier(counter, (2 * t + 2) * SPLIT)  # all of h_t written
 
 
@@ -152,8 +169,7 @@ def _lmu_cell_backward_kernel(
         T, B, HID, N, D,
         BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, HAS_GM: tl.constexpr, RELU: tl.constexpr,
-        PRECISION: tl.constexpr,
-        MEMORY_PRECISION: tl.constexpr):
+        PRECISION: tl.constexpr, MEMORY_PRECISION: tl.constexpr):
     member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
     rd = tl.arange(0, BLOCK_D)
     rk = tl.arange(0, BLOCK_K)
@@ -169,17 +185,11 @@ def _lmu_cell_backward_kernel(
         # Phase 1: dp_t = (gh_t + dp_{t+1} W_h^T + du_{t+1} E_h^T) * act'(h_t), this member's chunks.
         for j0 in range(member * BLOCK_N, HID, SPLIT * BLOCK_N):
             acc = _tile(gh_ptr + tt * B * HID, rb, j0 + rn, B, HID, HID)
-            for k0 in range(0, HID, BLOCK_K):
-                acc += tl.dot(_state(dp_next, rb, k0 + rk, B, HID, HID),
-                              _tile(WhT_ptr, k0 + rk, j0 + rn, HID, HID, HID), input_precision=PRECISION)
+            acc = _add_product(acc, dp_next, WhT_ptr, rb, j0 + rn, B, HID, HID, BLOCK_K, PRECISION)
             if HAS_EH:
                 acc += _mm(du_later, _tile(EhT_ptr, rd, j0 + rn, D, HID, HID), MEMORY_PRECISION)
             h = _tile(H_ptr + (tt + 1) * B * HID, rb, j0 + rn, B, HID, HID)
-            if RELU:
-                acc = tl.where(h > 0, acc, 0.0)
-            else:
-                acc = acc * (1.0 - h * h)
-            _put(dp_now, acc, rb, j0 + rn, B, HID, HID)
+            _put(dp_now, _through_activation(acc, h, RELU), rb, j0 + rn, B, HID, HID)
         _group_barrier(counter, (2 * step + 1) * SPLIT)  # all of dp_t written
         # Phase 2: dm_t = gm_t + dm_{t+1} A + du_{t+1} E_m^T + dp_t W_m^T, this member's chunks.
         for j0 in range(member * BLOCK_N, N, SPLIT * BLOCK_N):
@@ -187,14 +197,10 @@ def _lmu_cell_backward_kernel(
                 acc = _tile(gm_ptr + tt * B * N, rb, j0 + rn, B, N, N)
             else:
                 acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-            for k0 in range(0, N, BLOCK_K):
-                acc += tl.dot(_state(dm_next, rb, k0 + rk, B, N, N), _tile(A_ptr, k0 + rk, j0 + rn, N, N, N),
-                              input_precision=MEMORY_PRECISION)
+            acc = _add_product(acc, dm_next, A_ptr, rb, j0 + rn, B, N, N, BLOCK_K, MEMORY_PRECISION)
             if HAS_EM:
                 acc += _mm(du_later, _tile(EmT_ptr, rd, j0 + rn, D, N, N), MEMORY_PRECISION)
-            for k0 in range(0, HID, BLOCK_K):
-                acc += tl.dot(_state(dp_now, rb, k0 + rk, B, HID, HID),
-                              _tile(WmT_ptr, k0 + rk, j0 + rn, HID, N, N), input_precision=PRECISION)
+            acc = _add_product(acc, dp_now, WmT_ptr, rb, j0 + rn, B, HID, N, BLOCK_K, PRECISION)
             _put(dm_now, acc, rb, j0 + rn, B, N, N)
         _group_barrier(counter, (2 * step + 2) * SPLIT)  # all of dm_t written
         # Phase 3: du_t = dm_t Bm^T, small: every member computes it; one stores it.
@@ -212,8 +218,8 @@ def _lmu_cell_forward_resident_kernel(
         ux_ptr, xh_ptr, AT_ptr, Bm_ptr, Eh_ptr, Em_ptr, Wm_ptr, Wh_ptr, H_ptr, M_ptr, U_ptr, sync_ptr,
         T, B, HID, N, D,
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr, HP: tl.constexpr,
-        HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr,
-        MEMORY_PRECISION: tl.constexpr):
+        HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, RELU: tl.constexpr,
+        PRECISION: tl.constexpr, MEMORY_PRECISION: tl.constexpr):
     """The forward with each member's weight columns held on chip for the whole sequence: member k owns the
     k-th chunk of BLOCK_N columns of m and of h (the group has cdiv(max(N, H), BLOCK_N) members), so a step
     is three state loads, five products and two barriers. NP, HP: N and H rounded up to powers of two."""
@@ -247,11 +253,7 @@ def _lmu_cell_forward_resident_kernel(
         _group_barrier(counter, (2 * t + 1) * SPLIT)  # all of m_t written
         m_new = _state(M_ptr + (tt + 1) * B * N, rb, rn_all, B, N, N)
         pre += tl.dot(m_new, Wm_cols, input_precision=PRECISION)
-        if RELU:
-            h = tl.maximum(pre, 0.0)
-        else:
-            h = 2.0 * tl.sigmoid(2.0 * pre) - 1.0  # tanh
-        _put(H_ptr + (tt + 1) * B * HID, h, rb, cols, B, HID, HID)
+        _put(H_ptr + (tt + 1) * B * HID, _activation(pre, RELU), rb, cols, B, HID, HID)
         _group_barrier(counter, (2 * t + 2) * SPLIT)  # all of h_t written
 
 
@@ -261,8 +263,7 @@ def _lmu_cell_backward_resident_kernel(
         T, B, HID, N, D,
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr, HP: tl.constexpr,
         HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, HAS_GM: tl.constexpr, RELU: tl.constexpr,
-        PRECISION: tl.constexpr,
-        MEMORY_PRECISION: tl.constexpr):
+        PRECISION: tl.constexpr, MEMORY_PRECISION: tl.constexpr):
     """The backward counterpart of ``_lmu_cell_forward_resident_kernel``."""
     member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
     rd = tl.arange(0, BLOCK_D)
@@ -286,11 +287,7 @@ def _lmu_cell_backward_resident_kernel(
         dp = _tile(gh_ptr + tt * B * HID, rb, cols, B, HID, HID) + tl.dot(dp_next, WhT_cols, input_precision=PRECISION)
         if HAS_EH:
             dp += _mm(du_later, EhT_cols, MEMORY_PRECISION)
-        h = _tile(H_ptr + (tt + 1) * B * HID, rb, cols, B, HID, HID)
-        if RELU:
-            dp = tl.where(h > 0, dp, 0.0)
-        else:
-            dp = dp * (1.0 - h * h)
+        dp = _through_activation(dp, _tile(H_ptr + (tt + 1) * B * HID, rb, cols, B, HID, HID), RELU)
         _put(DP_ptr + tt * B * HID, dp, rb, cols, B, HID, HID)
         dm = tl.dot(dm_next, A_cols, input_precision=MEMORY_PRECISION)
         if HAS_GM:
@@ -313,7 +310,7 @@ def _lmu_cell_backward_resident_kernel(
 # takes the first.
 # BLOCK_K, BLOCK_N, warps of the chunked kernels. ptxas (benchmarks/triton_registers.py) at the psMNIST widths,
 # D = 1: with 4 warps only 32 / 16 / 4 compiles without spills in both precisions ("ieee" and "mixed"); with 8
-# warps 32 / 32 and 32 / 16 do too.
+# warps 32 / 32 does too, and 32 / 16 in "mixed" (20-28 bytes of spills in "ieee").
 CELL_CONFIGS = [(32, 32, 4), (64, 32, 4), (32, 16, 4), (32, 64, 4), (32, 32, 8), (32, 16, 8), (32, 64, 8)]
 # BLOCK_N, warps of the resident kernels. The weights they hold grow with BLOCK_N and are spread over the warps:
 # ptxas (benchmarks/triton_registers.py, from the CPU) finds 16 / 8, 16 / 16, 32 / 8 and 32 / 16 free of spills
