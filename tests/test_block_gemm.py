@@ -89,13 +89,13 @@ def test_autocast_keeps_the_product_in_float32():
 
 def test_tf32_setting_is_set_for_cuda_and_restored():
     """The flag is process-wide: set only around CUDA products (no GPU needed to flip it) and restored."""
-    from contime.ops.lmu_memory.block_gemm import _matmul_precision
+    from contime.ops.lmu_memory.common import matmul_precision
     matmul = torch.backends.cuda.matmul
     before = matmul.fp32_precision
-    with _matmul_precision("tf32", torch.device("cuda")):
+    with matmul_precision("tf32", torch.device("cuda")):
         assert matmul.fp32_precision == "tf32"
     assert matmul.fp32_precision == before
-    with _matmul_precision("tf32", torch.device("cpu")):
+    with matmul_precision("tf32", torch.device("cpu")):
         assert matmul.fp32_precision == before
     block_gemm_toeplitz(torch.randn(2, 9, 1), torch.randn(9, 3), precision="tf32")
     assert matmul.fp32_precision == before

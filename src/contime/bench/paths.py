@@ -292,6 +292,25 @@ register_path("memory-blockgemm-tf32", kind="memory", reference="memory-fft",
     _block_gemm_builder("tf32"))
 
 
+def _chunk_scan_builder(precision: str):
+    def build(shape, device, dtype):
+        if precision == "tf32" and device.type != "cuda":
+            raise PathUnavailable("tf32 applies to cuBLAS on CUDA only")
+        from ..ops.lmu_memory.chunk_scan import linear_memory_chunk_scan
+        s = memory_system(shape, device, dtype)
+        return memory_case(shape, device, dtype, lambda u: linear_memory_chunk_scan(
+            u, s.A_bar, s.B_bar, impulse=s.H, precision=precision))
+    return build
+
+
+for _precision in ("ieee", "tf32", "tf32x3"):
+    register_path("memory-chunkscan" + ("" if _precision == "ieee" else f"-{_precision}"), kind="memory",
+                  reference="memory-fft",
+                  description=f"chunked memory: products inside chunks, state passed by a scan; {_precision} "
+                              "products (cuBLAS / MKL), all states")(
+        _chunk_scan_builder(_precision))
+
+
 # --------------------------------------------------------------------------------------------------- LMU cells
 # LMU keyword arguments per configuration; every one has an nn.RNNCell hidden cell and returns the last output.
 LMU_CONFIGS: dict[str, dict[str, Any]] = {

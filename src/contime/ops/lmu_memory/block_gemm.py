@@ -27,12 +27,11 @@ FFT or the Triton kernel is leaner.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
 
-from .common import check_causal_product_operands, memory_from_causal_product
+from .common import check_causal_product_operands, matmul_precision, memory_from_causal_product
 from .fft import toeplitz_kernel_gradient
 
 PRECISIONS = ("ieee", "tf32")
@@ -45,23 +44,6 @@ def block_length(time: int) -> int:
         return max(time, 1)
     divisors = [size for size in range(16, 65) if time % size == 0]
     return min(divisors, key=lambda size: (abs(size - 32), size)) if divisors else 32
-
-
-@contextlib.contextmanager
-def _matmul_precision(precision: str, device: torch.device):
-    """cuBLAS's float32 products in TF32 for "tf32" only, restoring the caller's setting afterwards; nothing
-    changes for CPU tensors. Through ``fp32_precision``: reading the legacy ``allow_tf32`` after a caller set
-    the new setting raises."""
-    if device.type != "cuda":
-        yield
-        return
-    matmul = torch.backends.cuda.matmul
-    previous = matmul.fp32_precision
-    matmul.fp32_precision = "tf32" if precision == "tf32" else "ieee"
-    try:
-        yield
-    finally:
-        matmul.fp32_precision = previous
 
 
 @functools.lru_cache(maxsize=8)  # built once per shape: a handful of tiny kernels per call would cost as much as the GEMM
@@ -103,7 +85,7 @@ class _BlockGemmToeplitz(torch.autograd.Function):
         rows = u.permute(0, 2, 1).reshape(batch * D, time)  # (R, T)
         rows = torch.nn.functional.pad(rows, (0, padded_time - time + 1))  # (R, NB L + 1), a zero at the end
         U_blocks = rows[:, _source_index(blocks, L, u.device)]  # (R, NB, NB L)
-        with torch.autocast(u.device.type, enabled=False), _matmul_precision(precision, u.device):
+        with torch.autocast(u.device.type, enabled=False), matmul_precision(precision, u.device):
             M = U_blocks.reshape(batch * D * blocks, padded_time) @ _skewed_kernel(kernel, blocks, L)  # (R NB, L C)
         ctx.save_for_backward(u, kernel)  # not H_skew: L times larger, and cheap to rebuild
         ctx.L, ctx.precision = L, precision
@@ -124,7 +106,7 @@ class _BlockGemmToeplitz(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             G = grad.permute(0, 2, 1, 3).reshape(batch * D, time, C)
             G = torch.nn.functional.pad(G, (0, 0, 0, padded_time - time))  # (R, NB L, C)
-            with _matmul_precision(ctx.precision, u.device):
+            with matmul_precision(ctx.precision, u.device):
                 grad_blocks = G.reshape(batch * D * blocks, L * C) @ _skewed_kernel(kernel, blocks, L).t()
             flat = torch.nn.functional.pad(grad_blocks.view(batch * D, blocks * padded_time), (0, 1))
             grad_rows = flat[:, _diagonal_index(blocks, L, u.device)].sum(-1)  # (R, NB L)

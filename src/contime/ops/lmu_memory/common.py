@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ...legendre import impulse_response, power_sequence
@@ -70,3 +72,20 @@ def memory_from_causal_product(product, name: str, u: torch.Tensor, A_bar: torch
     if m0 is not None:
         m = m + zero_input_response(A_bar, m0, time)
     return m
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str, device: torch.device):
+    """cuBLAS's float32 products in TF32 for "tf32" only, restoring the caller's setting afterwards; nothing
+    changes for CPU tensors. Through ``fp32_precision``: reading the legacy ``allow_tf32`` after a caller set
+    the new setting raises."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    previous = matmul.fp32_precision
+    matmul.fp32_precision = "tf32" if precision == "tf32" else "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = previous

@@ -1,0 +1,265 @@
+"""The memory by chunks: matrix products inside each chunk of L steps, the state passed from chunk to chunk.
+
+Cut the steps into NB chunks of L (the last one padded with zeros). Let s_q be the memory at the end of chunk q
+and s_{-1} = m0 (or 0). At step t = q L + tau of chunk q, with H_j = A^j B the impulse response,
+
+    m_t = A^(tau+1) s_{q-1} + sum_{sigma <= tau} H_{tau-sigma} u_{qL+sigma}.
+
+For every chunk at once that is ONE matrix product whose output already is the memory, laid out (row, step,
+channel):
+
+    M = [S_prev | U_chunks] @ [[P], [K]]            (R NB, n + L) @ (n + L, L n)
+    P[c', (tau, c)] = (A^(tau+1))[c, c'],   K[sigma, (tau, c)] = H_{tau-sigma}[c] for sigma <= tau, else 0,
+
+with rows (r, q), r = (sequence, memory dimension). The chunk states come first: e_q = sum_sigma u_{qL+sigma}
+H_{L-1-sigma} (a product with L columns), then s_q = A^L s_{q-1} + e_q, a scan over the NB chunks: one product
+with a block-triangular matrix of powers of A^L while NB n is small, else ceil(log2 NB) doubling steps.
+
+Work: 2 R T n (n + L) multiply-adds for the large product, linear in T, against 2 R T^2 n for the block-Toeplitz
+GEMM (``block_gemm``; 2.5 times more at the psMNIST shape). No value is rounded more than a few times in a row
+(no compounding over the steps), so tf32 products keep about 1e-3 relative error.
+
+Backward, with the adjoint lambda_t = sum_{t' >= t} g_{t'} A^(t'-t) (row vectors) and Lambda_q = lambda_{qL}:
+
+    grad u_{qL+sigma} = sum_{tau >= sigma} g_{qL+tau} . H_{tau-sigma}  +  Lambda_{q+1} . H_{L-sigma}.
+
+One product of the gradient's chunks (R NB, L n) by [Q | K^T] (L n, n + L), Q[(tau, c), c'] = (A^tau)[c, c'],
+gives each chunk's own adjoint sum e'_q and the first term; the reverse scan Lambda_q = e'_q + Lambda_{q+1} A^L;
+then a product (R NB, n) by (n, L) for the second term. grad m0 = Lambda_0 A. The gradient of H (a trained theta)
+goes through the FFT (``toeplitz_kernel_gradient``), as for the other Toeplitz paths.
+
+``precision``: "ieee" multiplies in float32; "tf32" lets cuBLAS use TF32 tensor cores (about 1e-3 relative
+error); "tf32x3" splits each float32 operand into a tf32 high part and the rest and sums three tf32 products
+(hi hi + hi lo + lo hi), close to float32 on tensor cores. On the CPU "tf32" changes nothing and "tf32x3" does
+its three float32 products.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import NamedTuple
+
+import torch
+
+from ...legendre import power_sequence
+from .common import matmul_precision, zero_input_response
+from .fft import toeplitz_kernel_gradient
+
+PRECISIONS = ("ieee", "tf32", "tf32x3")
+# The scan over chunks is one product with a (NB n, NB n) block-triangular matrix up to this many entries
+# (64 MB in float32); beyond, doubling steps.
+DENSE_SCAN_MAX_ENTRIES = 1 << 24
+
+
+def chunk_length(time: int) -> int:
+    """L: about an eighth of the sequence (the scan's matrix stays small), between 16 and 128 steps."""
+    return min(time, max(16, min(128, -(-time // 8))))
+
+
+# ------------------------------------------------------------------------------------------- products
+def split_tf32(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) with hi = x rounded to tf32's 10 mantissa bits (exactly representable, so the tensor cores read it
+    unchanged) and lo = x - hi (exact in float32, at most 2^-11 |x|)."""
+    bits = x.contiguous().view(torch.int32)
+    hi = ((bits + 0x1000) & -0x2000).view(torch.float32)  # round half away from zero, clear the low 13 bits
+    return hi, x - hi
+
+
+def product(x: torch.Tensor, w: torch.Tensor, precision: str) -> torch.Tensor:
+    """x @ w with ``precision``'s products (module docstring); x ``(..., K)``, w ``(K, N)``."""
+    if precision == "tf32x3" and x.dtype == torch.float32:
+        x_hi, x_lo = split_tf32(x)
+        w_hi, w_lo = split_tf32(w)
+        with matmul_precision("tf32", x.device):
+            return x_hi @ w_hi + (x_hi @ w_lo + x_lo @ w_hi)  # the small terms first: one rounding less
+    with matmul_precision("tf32" if precision == "tf32" else "ieee", x.device):
+        return x @ w
+
+
+# ------------------------------------------------------------------------------------------- the operator
+class ChunkOperator(NamedTuple):
+    """The matrices of one (A, B, L, NB), in the op's dtype; built in float64 from A and B, cast once."""
+
+    forward_weight: torch.Tensor  # (n + L, L n): [[P], [K]]
+    chunk_end: torch.Tensor  # (L, n): H_{L-1-sigma}, the response at the chunk's end to its input sigma
+    backward_weight: torch.Tensor  # (L n, n + L): [Q | K^T]
+    next_response: torch.Tensor  # (n, L): H_{L-sigma}, read by the next chunk's adjoint
+    state_matrix: torch.Tensor  # (n, n): A, for grad m0
+    scan: torch.Tensor | None  # (NB n, NB n): block (p, q) = (A^(L (q-p)))^T for p <= q; None: doubling
+    doubling: tuple[torch.Tensor, ...]  # A^(L 2^k), k = 0, 1, ... while 2^k < NB (when scan is None)
+
+
+def build_operator(A_bar: torch.Tensor, B_bar: torch.Tensor, L: int, blocks: int,
+                   dtype: torch.dtype) -> ChunkOperator:
+    """The ChunkOperator of A_bar ``(n, n)`` and B_bar ``(n,)`` for chunks of L steps, NB = ``blocks``."""
+    A = A_bar.detach().to(torch.float64)
+    n = A.shape[0]
+    eye = torch.eye(n, dtype=torch.float64, device=A.device)
+    powers = power_sequence(A[None], eye[None], L + 1)[0]  # (L + 1, n, n): A^0 .. A^L
+    H = powers @ B_bar.detach().to(torch.float64)  # (L + 1, n): H_0 .. H_L
+    lag = torch.arange(L, device=A.device)[None, :] - torch.arange(L, device=A.device)[:, None]  # [sigma, tau]
+    K = torch.where((lag >= 0)[..., None], H[lag.clamp(min=0)], 0.0)  # (L, L, n): [sigma, tau, c]
+    P = powers[1:].permute(2, 0, 1)  # (n, L, n): [c', tau, c] = (A^(tau+1))[c, c']
+    forward_weight = torch.cat([P.reshape(n, L * n), K.reshape(L, L * n)])
+    backward_weight = torch.cat([powers[:L].reshape(L * n, n), K.permute(1, 2, 0).reshape(L * n, L)], dim=1)
+    step = powers[L]  # A^L: from one chunk's end to the next
+    scan, doubling = None, ()
+    if (blocks * n) ** 2 <= DENSE_SCAN_MAX_ENTRIES:
+        chunk_powers = power_sequence(step[None], eye[None], blocks)[0]  # (NB, n, n): (A^L)^0 .. ^(NB-1)
+        gap = torch.arange(blocks, device=A.device)[None, :] - torch.arange(blocks, device=A.device)[:, None]
+        blocks_pq = torch.where((gap >= 0)[..., None, None], chunk_powers[gap.clamp(min=0)].mT, 0.0)  # [p, q, c', c]
+        scan = blocks_pq.permute(0, 2, 1, 3).reshape(blocks * n, blocks * n).to(dtype)
+    else:
+        squares = [step]
+        while 2 ** len(squares) < blocks:
+            squares.append(squares[-1] @ squares[-1])
+        doubling = tuple(s.to(dtype) for s in squares)
+    return ChunkOperator(forward_weight.to(dtype), H[:L].flip(0).to(dtype), backward_weight.to(dtype),
+                         H[L - torch.arange(L, device=A.device)].t().to(dtype), A.to(dtype), scan, doubling)
+
+
+_CACHE: dict = {}
+
+
+def cached_operator(A_bar: torch.Tensor, B_bar: torch.Tensor, L: int, blocks: int,
+                    dtype: torch.dtype) -> ChunkOperator:
+    """``build_operator`` of A_bar ``(1, n, n)`` and B_bar ``(1, n)``, reused while the same A_bar and B_bar tensors are alive and unchanged (an LMU with a
+    fixed theta passes the same tensors on every call). Weak references make a freed tensor's id useless."""
+    key = (id(A_bar), A_bar._version, id(B_bar), B_bar._version, L, blocks, dtype)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0]() is A_bar and hit[1]() is B_bar:
+        return hit[2]
+    operator = build_operator(A_bar[0], B_bar[0], L, blocks, dtype)
+    if len(_CACHE) >= 4:
+        _CACHE.clear()
+    _CACHE[key] = (weakref.ref(A_bar), weakref.ref(B_bar), operator)
+    return operator
+
+
+# ------------------------------------------------------------------------------------------- the scan
+def scan_chunks(y: torch.Tensor, op: ChunkOperator, precision: str, reverse: bool = False) -> torch.Tensor:
+    """z_q = sum_{p <= q} y_p (A^(L (q-p)))^T, or with ``reverse`` z_q = sum_{p >= q} y_p A^(L (p-q)).
+
+    Args:
+        y: ``(R, NB, n)`` row vectors.
+
+    Returns:
+        ``(R, NB, n)``.
+    """
+    rows, blocks, n = y.shape
+    if op.scan is not None:
+        matrix = op.scan.t() if reverse else op.scan  # the reverse scan's blocks are the forward's, transposed
+        return product(y.reshape(rows, blocks * n), matrix, precision).view(rows, blocks, n)
+    for k, power in enumerate(op.doubling):
+        shift = 2 ** k
+        if reverse:
+            y = torch.cat([y[:, :-shift] + product(y[:, shift:], power, precision), y[:, -shift:]], dim=1)
+        else:
+            y = torch.cat([y[:, :shift], y[:, shift:] + product(y[:, :-shift], power.t(), precision)], dim=1)
+    return y
+
+
+# ------------------------------------------------------------------------------------------- autograd
+class _ChunkScanMemory(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, kernel, m0, op, L, precision):
+        batch, time, D = u.shape
+        n = kernel.shape[1]
+        blocks = -(-time // L)
+        rows = u.permute(0, 2, 1).reshape(batch * D, time)
+        chunks = torch.nn.functional.pad(rows, (0, blocks * L - time)).view(batch * D, blocks, L)
+        with torch.autocast(u.device.type, enabled=False):
+            ends = product(chunks[:, :-1], op.chunk_end, precision)  # (R, NB - 1, n): e_q
+            first = u.new_zeros(batch * D, 1, n) if m0 is None else m0.reshape(batch * D, 1, n)
+            starts = scan_chunks(torch.cat([first, ends], dim=1), op, precision)  # (R, NB, n): s_{q-1}
+            M = product(torch.cat([starts, chunks], dim=2), op.forward_weight, precision)  # (R, NB, L n)
+        ctx.save_for_backward(u, kernel)
+        ctx.op, ctx.L, ctx.precision = op, L, precision
+        # A copy only where the last chunk was padded or D > 1; else M already is (B, T, D, n).
+        return M.view(batch, D, blocks * L, n)[:, :, :time].permute(0, 2, 1, 3).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():
+            raise RuntimeError("the chunk-scan memory has no double backward (create_graph=True); use mode='fft'")
+        u, kernel = ctx.saved_tensors
+        grad = grad.to(u.dtype)  # the gradient of an autocast region may come back in its dtype
+        batch, time, D = u.shape
+        n = kernel.shape[1]
+        blocks = -(-time // ctx.L)
+        grad_u = grad_kernel = grad_m0 = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
+            grad_u, grad_m0 = _ChunkScanMemory._adjoint(ctx, grad, batch, time, D, n, blocks)
+        if ctx.needs_input_grad[1]:
+            grad_kernel = toeplitz_kernel_gradient(grad, u)
+        return grad_u, grad_kernel, grad_m0, None, None, None
+
+    @staticmethod
+    def _adjoint(ctx, grad, batch, time, D, n, blocks):
+        """(grad u, grad m0) through the reverse chunk scan; None where not wanted."""
+        op, L, precision = ctx.op, ctx.L, ctx.precision
+        grad_u = grad_m0 = None
+        with torch.autocast(grad.device.type, enabled=False):
+            G = grad.permute(0, 2, 1, 3).reshape(batch * D, time, n)
+            G = torch.nn.functional.pad(G, (0, 0, 0, blocks * L - time)).view(batch * D, blocks, L * n)
+            Y = product(G, op.backward_weight, precision)  # (R, NB, n + L)
+            adjoint = scan_chunks(Y[..., :n], op, precision, reverse=True)  # (R, NB, n): Lambda_q
+            if ctx.needs_input_grad[0]:
+                grad_chunks = Y[..., n:].clone()
+                grad_chunks[:, :-1] += product(adjoint[:, 1:], op.next_response, precision)
+                grad_u = grad_chunks.view(batch, D, blocks * L)[:, :, :time].transpose(1, 2)
+            if ctx.needs_input_grad[2]:
+                grad_m0 = product(adjoint[:, 0], op.state_matrix, precision).view(batch, D, n)
+        return grad_u, grad_m0
+
+
+def linear_memory_chunk_scan(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor,
+                             m0: torch.Tensor | None = None, *, impulse: torch.Tensor | None = None,
+                             precision: str = "ieee", block: int | None = None) -> torch.Tensor:
+    """The memory of every step by chunks (module docstring). Shapes as in the package docstring; A_bar must be
+    shared (k = 1).
+
+    Args:
+        impulse: H ``(1, time, n)``, A_bar^s B_bar; built here when None. Its gradient (a trained theta) is
+            the FFT's; the values used are rebuilt from A_bar and B_bar, which it must match.
+        precision: "ieee", "tf32" or "tf32x3" (module docstring).
+        block: L, the steps per chunk (default ``chunk_length(time)``).
+
+    Returns:
+        ``(batch, time, D, n)``.
+    """
+    from ...legendre import impulse_response
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if u.ndim != 3:
+        raise ValueError(f"u must be (batch, time, D), got shape {tuple(u.shape)}")
+    if A_bar.ndim != 3 or A_bar.shape[0] != 1 or B_bar.shape != (1, A_bar.shape[-1]):
+        raise ValueError(f"linear_memory_chunk_scan needs one shared A_bar (1, n, n) and B_bar (1, n); got "
+                         f"A_bar {tuple(A_bar.shape)}, B_bar {tuple(B_bar.shape)}; use linear_memory_fft for "
+                         "per-dimension theta")
+    batch, time, D = u.shape
+    n = A_bar.shape[-1]
+    if time < 1:
+        raise ValueError(f"u must have at least one step, got shape {tuple(u.shape)}")
+    if m0 is not None and (tuple(m0.shape) != (batch, D, n) or m0.dtype != u.dtype or m0.device != u.device):
+        raise ValueError(f"m0 must be (batch, D, n) = {(batch, D, n)} in u's dtype and device; got "
+                         f"{tuple(m0.shape)}, {m0.dtype} on {m0.device}")
+    L = chunk_length(time) if block is None else block
+    if isinstance(L, bool) or not isinstance(L, int) or L < 1:
+        raise ValueError(f"block must be an int >= 1, got {block!r}")
+    L = min(L, time)
+    H = impulse_response(A_bar, B_bar, time) if impulse is None else impulse
+    if H.shape != (1, time, n):
+        raise ValueError(f"impulse must be (1, time, n) = {(1, time, n)}, got {tuple(H.shape)}")
+    if u.dtype != H.dtype or u.device != H.device:
+        raise ValueError(f"u and impulse must share dtype and device; got u {u.dtype} on {u.device}, impulse "
+                         f"{H.dtype} on {H.device}")
+    op = cached_operator(A_bar, B_bar, L, math.ceil(time / L), u.dtype)
+    # m0's term depends on A_bar: when A_bar is trained it goes through autograd outside (the operator is a
+    # constant to the autograd node); otherwise the scan starts from m0, at no extra cost.
+    m0_outside = m0 is not None and torch.is_grad_enabled() and A_bar.requires_grad
+    m = _ChunkScanMemory.apply(u, H[0], None if m0_outside else m0, op, L, precision)
+    if m0_outside:
+        m = m + zero_input_response(A_bar, m0, time)
+    return m

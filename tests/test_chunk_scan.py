@@ -1,0 +1,201 @@
+"""The chunk-scan memory (contime.ops.lmu_memory.chunk_scan): plain torch products, so checked on the CPU in
+float64 against the reference loop (outputs and every gradient), with both forms of the scan over chunks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from contime.legendre import discretize, impulse_response
+from contime.ops.lmu_memory import chunk_scan, linear_memory_naive
+from contime.ops.lmu_memory.chunk_scan import (chunk_length, linear_memory_chunk_scan, product, scan_chunks,
+                                               split_tf32)
+
+
+def system(order, theta, dtype=torch.float64):
+    A, B = discretize(order, torch.tensor([float(theta)], dtype=torch.float64), 1.0, "zoh")
+    return A.to(dtype), B.to(dtype)
+
+
+@pytest.fixture(params=["dense", "doubling"])
+def scan_form(request, monkeypatch):
+    """Run a test with the scan over chunks as one block-triangular product, then as doubling steps."""
+    monkeypatch.setattr(chunk_scan, "DENSE_SCAN_MAX_ENTRIES", 1 << 24 if request.param == "dense" else 0)
+    chunk_scan._CACHE.clear()
+    yield request.param
+    chunk_scan._CACHE.clear()
+
+
+@pytest.mark.parametrize("batch,time,dims,order,block", [
+    (3, 37, 1, 8, None),  # L = 16: three chunks, the last padded
+    (4, 21, 2, 5, 4),  # several dimensions, padding
+    (2, 64, 3, 6, 16),  # no padding
+    (2, 10, 1, 3, 1),  # chunks of one step: ten chunks, four doubling steps
+    (2, 7, 1, 3, 32),  # one chunk longer than the sequence
+    (2, 50, 1, 4, 3),  # 17 chunks: a doubling step reaches past half of them
+    (1, 1, 1, 4, None),  # one step
+])
+def test_chunk_scan_memory_equals_the_loop(scan_form, batch, time, dims, order, block):
+    A, B = system(order, time / 2)
+    u = torch.randn(batch, time, dims, dtype=torch.float64, requires_grad=True)
+    H = impulse_response(A, B, time).requires_grad_()
+    m0 = torch.randn(batch, dims, order, dtype=torch.float64, requires_grad=True)
+    m = linear_memory_chunk_scan(u, A, B, m0, impulse=H, block=block)
+    weight = torch.randn_like(m)
+    grads = torch.autograd.grad((m * weight).sum(), [u, H, m0])
+
+    u_ref, m0_ref = u.detach().clone().requires_grad_(), m0.detach().clone().requires_grad_()
+    ref = linear_memory_naive(u_ref, A, B, m0_ref)
+    ref_grads = torch.autograd.grad((ref * weight).sum(), [u_ref, m0_ref])
+    # d/dH of the same sum without m0, by autograd through the loop's powers: the loop with the kernel as
+    # a parameter is sum_j u_{t-j} H_j, so differentiate that directly.
+    H_ref = H.detach().clone().requires_grad_()
+    lags = torch.arange(time)[:, None] - torch.arange(time)[None, :]  # [t, j]: lag t - j
+    toeplitz = torch.where((lags >= 0)[..., None], H_ref[0][lags.clamp(min=0)], 0.0)  # (t, j, n)
+    ref_H, = torch.autograd.grad((torch.einsum("tjn,bjd->btdn", toeplitz, u.detach()) * weight).sum(), H_ref)
+    assert m.shape == ref.shape and m.is_contiguous()
+    # Measured on this CPU (a /tmp script, every case and both scans): at most 2.6e-14 absolute.
+    torch.testing.assert_close(m, ref, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(grads[0], ref_grads[0], atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(grads[1], ref_H, atol=1e-11, rtol=1e-10)
+    torch.testing.assert_close(grads[2], ref_grads[1], atol=1e-12, rtol=1e-10)
+
+
+def test_a_trained_theta_gets_the_loops_gradient(scan_form):
+    """theta -> (A, B) -> H by autograd; m0's term then goes through autograd outside the node (it depends on
+    A), the input's through the FFT gradient of H."""
+    theta = torch.tensor([9.0], dtype=torch.float64, requires_grad=True)
+    A, B = discretize(6, theta, 1.0, "zoh")
+    u = torch.randn(3, 23, 1, dtype=torch.float64)
+    m0 = torch.randn(3, 1, 6, dtype=torch.float64)
+    weight = torch.randn(3, 23, 1, 6, dtype=torch.float64)
+    grad, = torch.autograd.grad((linear_memory_chunk_scan(u, A, B, m0, block=5) * weight).sum(), theta)
+    A, B = discretize(6, theta, 1.0, "zoh")
+    ref, = torch.autograd.grad((linear_memory_naive(u, A, B, m0) * weight).sum(), theta)
+    torch.testing.assert_close(grad, ref, atol=1e-12, rtol=1e-9)
+
+
+def test_float32_at_a_long_window():
+    """float32 operands, the operator built in float64 and cast once: relative error near float32's."""
+    A, B = system(64, 300)
+    u = torch.randn(6, 600, 1)
+    m = linear_memory_chunk_scan(u, A.float(), B.float())
+    ref = linear_memory_naive(u.double(), A, B)
+    error = float((m.double() - ref).norm() / ref.norm())
+    assert error < 5e-6, error  # measured 7.7e-7 to 8.3e-7 on this CPU (three seeds)
+
+
+def test_tf32_split_is_exact_and_representable():
+    x = torch.randn(1000) * torch.logspace(-30, 30, 1000)
+    hi, lo = split_tf32(x)
+    assert torch.equal(hi + lo, x)  # the split loses nothing
+    assert torch.all(hi.view(torch.int32) & 0x1FFF == 0)  # hi has tf32's 10 mantissa bits only
+    assert torch.all(lo.abs() <= x.abs() * 2.0 ** -11)
+    assert torch.equal(split_tf32(torch.tensor([1.0, -2.5]))[0], torch.tensor([1.0, -2.5]))
+
+
+def test_tf32x3_products_are_near_float32():
+    """On the CPU the three products run in float32: their sum is x @ w to float32's accuracy (the dropped
+    lo @ lo term is below 2^-22)."""
+    x, w = torch.randn(50, 300), torch.randn(300, 70)
+    exact = x.double() @ w.double()
+    error = float((product(x, w, "tf32x3").double() - exact).norm() / exact.norm())
+    assert error < 1e-6, error
+    torch.testing.assert_close(product(x.double(), w.double(), "tf32x3"), exact)  # float64: one plain product
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_two_scans_agree(reverse, monkeypatch):
+    A, B = system(5, 11)
+    y = torch.randn(3, 13, 5, dtype=torch.float64)
+    dense = chunk_scan.build_operator(A[0], B[0], 4, 13, torch.float64)
+    monkeypatch.setattr(chunk_scan, "DENSE_SCAN_MAX_ENTRIES", 0)
+    doubling = chunk_scan.build_operator(A[0], B[0], 4, 13, torch.float64)
+    assert dense.scan is not None and doubling.scan is None and len(doubling.doubling) == 4
+    step = torch.linalg.matrix_power(A[0], 4)
+    expected, z = [], torch.zeros(3, 5, dtype=torch.float64)
+    for q in (reversed(range(13)) if reverse else range(13)):  # the plain recurrence over chunks
+        z = y[:, q] + (z @ step if reverse else z @ step.t())
+        expected.append(z)
+    expected = torch.stack(expected[::-1] if reverse else expected, dim=1)
+    for op in (dense, doubling):
+        torch.testing.assert_close(scan_chunks(y, op, "ieee", reverse=reverse), expected, atol=1e-12, rtol=1e-10)
+
+
+def test_the_operator_is_reused_only_for_the_same_unchanged_matrices():
+    chunk_scan._CACHE.clear()
+    A, B = system(4, 7)
+    u = torch.randn(2, 20, 1, dtype=torch.float64)
+    first = linear_memory_chunk_scan(u, A, B)
+    assert len(chunk_scan._CACHE) == 1
+    linear_memory_chunk_scan(u, A, B)
+    assert len(chunk_scan._CACHE) == 1  # a hit
+    A.mul_(0.5)  # in place: the version changes, so the operator is rebuilt
+    torch.testing.assert_close(linear_memory_chunk_scan(u, A, B), linear_memory_naive(u, A, B))
+    assert not torch.allclose(linear_memory_chunk_scan(u, A, B), first)
+    chunk_scan._CACHE.clear()
+
+
+def test_autocast_keeps_the_products_in_float32():
+    """Forward and backward under autocast (bfloat16): float32 results and gradients."""
+    A, B = system(8, 20, torch.float32)
+    u = torch.randn(4, 40, 1, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m = linear_memory_chunk_scan(u, A, B)
+        assert m.dtype == torch.float32
+        m.sum().backward()
+    assert u.grad.dtype == torch.float32
+    ref = linear_memory_naive(u.detach().double(), A.double(), B.double())
+    assert float((m.detach().double() - ref).norm() / ref.norm()) < 1e-5
+
+
+def test_strided_inputs_and_a_broadcast_gradient():
+    A, B = system(5, 9)
+    for dims in (1, 2):
+        u = torch.randn(dims, 67, 3, dtype=torch.float64).transpose(0, 2)  # (3, 67, dims), not contiguous
+        out = linear_memory_chunk_scan(u, A, B, block=16)
+        assert out.is_contiguous() and out.shape == (3, 67, dims, 5)
+        torch.testing.assert_close(out, linear_memory_naive(u, A, B))
+    u = torch.randn(3, 67, 1, dtype=torch.float64, requires_grad=True)
+    grad, = torch.autograd.grad(linear_memory_chunk_scan(u, A, B, block=16).sum(), u)  # an expanded gradient
+    u_ref = u.detach().clone().requires_grad_()
+    ref_grad, = torch.autograd.grad(linear_memory_naive(u_ref, A, B).sum(), u_ref)
+    torch.testing.assert_close(grad, ref_grad, atol=1e-12, rtol=1e-10)
+
+
+def test_no_double_backward():
+    A, B = system(4, 7)
+    u = torch.randn(2, 9, 1, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(linear_memory_chunk_scan(u, A, B).sum(), u, create_graph=True)
+
+
+def test_chunk_length():
+    assert chunk_length(784) == 98 and chunk_length(10) == 10 and chunk_length(100) == 16
+    assert chunk_length(2000) == 128 and chunk_length(100_000) == 128
+
+
+def test_bad_arguments_are_named():
+    A, B = system(4, 5)
+    u = torch.randn(2, 5, 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match="precision"):
+        linear_memory_chunk_scan(u, A, B, precision="bf16")
+    with pytest.raises(ValueError, match="u must be"):
+        linear_memory_chunk_scan(u[0], A, B)
+    with pytest.raises(ValueError, match="at least one step"):
+        linear_memory_chunk_scan(u[:, :0], A, B)
+    with pytest.raises(ValueError, match="block"):
+        linear_memory_chunk_scan(u, A, B, block=0)
+    with pytest.raises(ValueError, match="block"):
+        linear_memory_chunk_scan(u, A, B, block=8.0)
+    with pytest.raises(ValueError, match="m0"):
+        linear_memory_chunk_scan(u, A, B, torch.zeros(2, 1, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="m0"):
+        linear_memory_chunk_scan(u, A, B, torch.zeros(2, 1, 4))
+    with pytest.raises(ValueError, match="impulse"):
+        linear_memory_chunk_scan(u, A, B, impulse=impulse_response(A, B, 4))
+    with pytest.raises(ValueError, match="impulse"):
+        linear_memory_chunk_scan(u, A, B, impulse=impulse_response(A, B, 5).float())
+    A2, B2 = discretize(4, torch.tensor([3.0, 5.0], dtype=torch.float64), 1.0, "zoh")
+    with pytest.raises(ValueError, match="shared A_bar"):
+        linear_memory_chunk_scan(torch.randn(2, 5, 2, dtype=torch.float64), A2, B2)
