@@ -150,6 +150,25 @@ def check_toeplitz(time=784, batch=100, n=256):
         report("toeplitz-memory", precision, "grad_u", gu, gu64, bound_for(precision))
 
 
+def check_chunk_scan(time=784, batch=100, n=256):
+    """The chunk-scan memory (cuBLAS products, no Triton) in each precision, outputs and grad u, with m0."""
+    from contime.ops.lmu_memory.chunk_scan import PRECISIONS as CHUNK_PRECISIONS, linear_memory_chunk_scan
+    torch.manual_seed(5)
+    A, B = discretize(n, torch.tensor([784.0], dtype=torch.float64), 1.0, "zoh")
+    u64 = torch.randn(batch, time, 1, dtype=torch.float64, requires_grad=True)
+    m0 = torch.randn(batch, 1, n, dtype=torch.float64) * 0.1
+    m64 = linear_memory_fft(u64, A, B, m0)
+    g = torch.randn_like(m64)
+    gu64, = torch.autograd.grad(m64, u64, g)
+    A32, B32 = A.float().cuda(), B.float().cuda()
+    for precision in CHUNK_PRECISIONS:
+        u = u64.detach().float().cuda().requires_grad_()
+        m = linear_memory_chunk_scan(u, A32, B32, m0.float().cuda(), precision=precision)
+        gu, = torch.autograd.grad(m, u, g.float().cuda())
+        report("chunk-scan-memory", precision, "m", m.detach(), m64.detach(), bound_for(precision))
+        report("chunk-scan-memory", precision, "grad_u", gu, gu64, bound_for(precision))
+
+
 def check_lmu_projected(time=784, batch=100, n=256, hidden=212):
     torch.manual_seed(4)
     lmu64 = contime.LMU(1, 1, n, 784.0, nn.RNNCell(n + 1, hidden), input_to_hidden=True,
@@ -173,7 +192,7 @@ if __name__ == "__main__":
     print(json.dumps({"programs_per_group": {n: core_triton._group_size(100, 256, n, torch.device("cuda"))
                                              for n in (32, 64, 128)}}), flush=True)
     checks = {f.__name__: f for f in (check_cell, check_convolution_cell, check_elman, check_toeplitz,
-                                      check_lmu_projected, check_lmu_fused_mode)}
+                                      check_chunk_scan, check_lmu_projected, check_lmu_fused_mode)}
     for check in [checks[name] for name in sys.argv[1:]] or checks.values():
         try:
             check()

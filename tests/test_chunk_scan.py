@@ -94,10 +94,12 @@ def test_tf32_split_is_exact_and_representable():
     assert torch.equal(split_tf32(torch.tensor([1.0, -2.5]))[0], torch.tensor([1.0, -2.5]))
 
 
-def test_tf32x3_products_are_near_float32():
+@pytest.mark.parametrize("x_shape,w_shape", [((50, 300), (300, 70)), ((4, 5, 30), (30, 400))])
+def test_tf32x3_products_are_near_float32(x_shape, w_shape):
     """On the CPU the three products run in float32: their sum is x @ w to float32's accuracy (the dropped
-    lo @ lo term is below 2^-22)."""
-    x, w = torch.randn(50, 300), torch.randn(300, 70)
+    lo @ lo term is below 2^-22). Both arrangements: a large x (read once per part), a small one (one product
+    with three times the inner size)."""
+    x, w = torch.randn(x_shape), torch.randn(w_shape)
     exact = x.double() @ w.double()
     error = float((product(x, w, "tf32x3").double() - exact).norm() / exact.norm())
     assert error < 1e-6, error
@@ -161,6 +163,21 @@ def test_strided_inputs_and_a_broadcast_gradient():
     u_ref = u.detach().clone().requires_grad_()
     ref_grad, = torch.autograd.grad(linear_memory_naive(u_ref, A, B).sum(), u_ref)
     torch.testing.assert_close(grad, ref_grad, atol=1e-12, rtol=1e-10)
+
+
+def test_any_layout_of_input_and_gradient_without_padding():
+    """No padded steps (nothing is copied on the way in): a transposed u and a gradient laid out as the FFT's
+    output (time innermost) still give the loop's values."""
+    A, B = system(5, 9)
+    u = torch.randn(1, 64, 3, dtype=torch.float64).transpose(0, 2).requires_grad_()  # (3, 64, 1)
+    m = linear_memory_chunk_scan(u, A, B, block=16)
+    grad = torch.randn(3, 5, 1, 64, dtype=torch.float64).permute(0, 3, 2, 1)  # (3, 64, 1, 5), strided
+    got, = torch.autograd.grad(m, u, grad)
+    u_ref = u.detach().clone().requires_grad_()
+    ref = linear_memory_naive(u_ref, A, B)
+    ref_grad, = torch.autograd.grad(ref, u_ref, grad)
+    torch.testing.assert_close(m, ref, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(got, ref_grad, atol=1e-12, rtol=1e-10)
 
 
 def test_no_double_backward():

@@ -67,12 +67,21 @@ def split_tf32(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def product(x: torch.Tensor, w: torch.Tensor, precision: str) -> torch.Tensor:
-    """x @ w with ``precision``'s products (module docstring); x ``(..., K)``, w ``(K, N)``."""
+    """x @ w with ``precision``'s products (module docstring); x ``(..., K)``, w ``(K, N)``.
+
+    tf32x3 arranges its three products by which side is large: a small x (the forward, whose output is the large
+    memory) makes one product with three times the inner size, [x_hi | x_hi | x_lo] @ [w_hi; w_lo; w_hi], so
+    the output is written once; a large x (the backward's gradient) is read once per part, x_hi @ [w_hi | w_lo]
+    and x_lo @ w_hi, and only the small outputs are added."""
     if precision == "tf32x3" and x.dtype == torch.float32:
         x_hi, x_lo = split_tf32(x)
         w_hi, w_lo = split_tf32(w)
         with matmul_precision("tf32", x.device):
-            return x_hi @ w_hi + (x_hi @ w_lo + x_lo @ w_hi)  # the small terms first: one rounding less
+            if x[..., 0].numel() * w.shape[1] >= x.numel():  # the output is at least as large as x
+                return torch.cat([x_hi, x_hi, x_lo], dim=-1) @ torch.cat([w_hi, w_lo, w_hi])
+            both = x_hi @ torch.cat([w_hi, w_lo], dim=1)
+            n = w.shape[1]
+            return (both[..., n:] + x_lo @ w_hi) + both[..., :n]  # the small terms first: one rounding less
     with matmul_precision("tf32" if precision == "tf32" else "ieee", x.device):
         return x @ w
 
@@ -161,6 +170,15 @@ def scan_chunks(y: torch.Tensor, op: ChunkOperator, precision: str, reverse: boo
 
 
 # ------------------------------------------------------------------------------------------- autograd
+def _pad_steps(x: torch.Tensor, length: int) -> torch.Tensor:
+    """x ``(R, time, ...)`` with zero steps appended up to ``length``; x itself (no copy of the memory's size)
+    when nothing is missing."""
+    missing = length - x.shape[1]
+    if missing == 0:
+        return x
+    return torch.cat([x, x.new_zeros(x.shape[0], missing, *x.shape[2:])], dim=1)
+
+
 class _ChunkScanMemory(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, kernel, m0, op, L, precision):
@@ -168,7 +186,7 @@ class _ChunkScanMemory(torch.autograd.Function):
         n = kernel.shape[1]
         blocks = -(-time // L)
         rows = u.permute(0, 2, 1).reshape(batch * D, time)
-        chunks = torch.nn.functional.pad(rows, (0, blocks * L - time)).view(batch * D, blocks, L)
+        chunks = _pad_steps(rows, blocks * L).reshape(batch * D, blocks, L)
         with torch.autocast(u.device.type, enabled=False):
             ends = product(chunks[:, :-1], op.chunk_end, precision)  # (R, NB - 1, n): e_q
             first = u.new_zeros(batch * D, 1, n) if m0 is None else m0.reshape(batch * D, 1, n)
@@ -202,7 +220,7 @@ class _ChunkScanMemory(torch.autograd.Function):
         grad_u = grad_m0 = None
         with torch.autocast(grad.device.type, enabled=False):
             G = grad.permute(0, 2, 1, 3).reshape(batch * D, time, n)
-            G = torch.nn.functional.pad(G, (0, 0, 0, blocks * L - time)).view(batch * D, blocks, L * n)
+            G = _pad_steps(G, blocks * L).reshape(batch * D, blocks, L * n)  # a copy only for a strided grad
             Y = product(G, op.backward_weight, precision)  # (R, NB, n + L)
             adjoint = scan_chunks(Y[..., :n], op, precision, reverse=True)  # (R, NB, n): Lambda_q
             if ctx.needs_input_grad[0]:
