@@ -124,16 +124,17 @@ def test_the_two_scans_agree(reverse, monkeypatch):
         torch.testing.assert_close(scan_chunks(y, op, "ieee", reverse=reverse), expected, atol=1e-12, rtol=1e-10)
 
 
-def test_the_operator_is_reused_only_for_the_same_unchanged_matrices():
+def test_the_operator_is_reused_only_for_the_same_values():
     chunk_scan._CACHE.clear()
     A, B = system(4, 7)
     u = torch.randn(2, 20, 1, dtype=torch.float64)
     first = linear_memory_chunk_scan(u, A, B)
     assert len(chunk_scan._CACHE) == 1
-    linear_memory_chunk_scan(u, A, B)
-    assert len(chunk_scan._CACHE) == 1  # a hit
-    A.mul_(0.5)  # in place: the version changes, so the operator is rebuilt
+    linear_memory_chunk_scan(u, A.clone(), B.clone())
+    assert len(chunk_scan._CACHE) == 1  # a hit: same values in new tensors
+    A.mul_(0.5)  # in place: new values, so the operator is rebuilt
     torch.testing.assert_close(linear_memory_chunk_scan(u, A, B), linear_memory_naive(u, A, B))
+    assert len(chunk_scan._CACHE) == 2
     assert not torch.allclose(linear_memory_chunk_scan(u, A, B), first)
     chunk_scan._CACHE.clear()
 
@@ -180,11 +181,31 @@ def test_any_layout_of_input_and_gradient_without_padding():
     torch.testing.assert_close(got, ref_grad, atol=1e-12, rtol=1e-10)
 
 
-def test_no_double_backward():
-    A, B = system(4, 7)
-    u = torch.randn(2, 9, 1, dtype=torch.float64, requires_grad=True)
-    with pytest.raises(RuntimeError, match="double backward"):
-        torch.autograd.grad(linear_memory_chunk_scan(u, A, B).sum(), u, create_graph=True)
+def test_second_derivatives_equal_the_loops(scan_form):
+    """create_graph=True (a gradient penalty): the backward then runs as a graph, through the FFT, so second
+    derivatives with respect to the input's source, the impulse response and m0 are the loop's."""
+    A, B = system(5, 9)
+    scale = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 23, 1, dtype=torch.float64)
+    H = impulse_response(A, B, 23).requires_grad_()
+    m0 = torch.randn(2, 1, 5, dtype=torch.float64, requires_grad=True)
+
+    def penalty_grads(memory):
+        u = x * scale
+        m = memory(u, m0)
+        g, = torch.autograd.grad((m ** 2).sum(), u, create_graph=True)
+        return torch.autograd.grad((g ** 2).sum() + (m ** 2).sum(), [scale, H, m0])
+
+    def toeplitz_reference(u, m0):
+        """sum_j H_{t-j} u_j with H itself as the leaf (plain ops), plus m0's response from the loop."""
+        lags = torch.arange(23)[:, None] - torch.arange(23)[None, :]
+        toeplitz = torch.where((lags >= 0)[..., None], H[0][lags.clamp(min=0)], 0.0)  # (t, j, n)
+        return torch.einsum("tjn,bjd->btdn", toeplitz, u) + linear_memory_naive(torch.zeros_like(u), A, B, m0)
+
+    got = penalty_grads(lambda u, m0: linear_memory_chunk_scan(u, A, B, m0, impulse=H, block=4))
+    ref = penalty_grads(toeplitz_reference)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
 
 
 def test_chunk_length():

@@ -63,12 +63,27 @@ def test_toeplitz_refuses_bad_input():
         linear_memory_toeplitz(torch.randn(2, 5, 2), A.float(), B.float())
 
 
-def test_dispatch_keeps_the_fft_off_cuda():
+def test_dispatch_takes_the_chunk_scan_on_the_cpu(monkeypatch):
+    """Off CUDA: the chunk scan for one shared A_bar, the FFT for one theta per dimension."""
+    from contime.ops.lmu_memory import chunk_scan, fft
+    calls = []
+    monkeypatch.setattr(dispatch, "linear_memory_chunk_scan", lambda *a, **k: calls.append("chunk")
+                        or chunk_scan.linear_memory_chunk_scan(*a, **k))
+    monkeypatch.setattr(dispatch, "linear_memory_fft", lambda *a, **k: calls.append("fft")
+                        or fft.linear_memory_fft(*a, **k))
     A, B = system(4, 5)
     u = torch.randn(2, 9, 1)
     assert not dispatch.use_triton_memory(u, A.float())
     torch.testing.assert_close(dispatch.memory_all_steps(u, A.float(), B.float(), None, None),
                                linear_memory_fft(u, A.float(), B.float()))
+    A2, B2 = discretize(4, torch.tensor([3.0, 5.0], dtype=torch.float64), 1.0, "zoh")
+    u2 = torch.randn(2, 9, 2)
+    torch.testing.assert_close(dispatch.memory_all_steps(u2, A2.float(), B2.float(), None, None),
+                               linear_memory_fft(u2, A2.float(), B2.float()))
+    theta = torch.tensor([5.0], requires_grad=True)  # a trained theta: each new A_bar would be a new operator
+    A3, B3 = discretize(4, theta, 1.0, "zoh")
+    dispatch.memory_all_steps(u, A3, B3, None, None)
+    assert calls == ["chunk", "fft", "fft"]
 
 
 def test_projection_through_the_toeplitz_kernel(monkeypatch):

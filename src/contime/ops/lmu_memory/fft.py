@@ -24,16 +24,30 @@ def fft_length(n: int) -> int:
     return best
 
 
+def causal_fft_product(u: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """out[b, t, d, c] = sum_{j <= t} u[b, j, d] kernel[d or 0, t - j, c] by FFT, in plain torch ops (so
+    differentiable to any order).
+
+    Args:
+        u: ``(batch, time, D)``; kernel: ``(k, time, C)`` with k = 1 (shared) or D.
+
+    Returns:
+        ``(batch, time, D, C)``.
+    """
+    time = u.shape[1]
+    n_fft = fft_length(2 * time - 1)  # no circular wrap-around
+    U = torch.fft.rfft(u, n=n_fft, dim=1)  # (batch, F, D)
+    K = torch.fft.rfft(kernel, n=n_fft, dim=1).permute(1, 0, 2)  # (F, k, C)
+    return torch.fft.irfft(U.unsqueeze(-1) * K, n=n_fft, dim=1)[:, :time]
+
+
 def linear_memory_fft(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor,
                       m0: torch.Tensor | None = None, *,
                       impulse: torch.Tensor | None = None) -> torch.Tensor:
     """Causal convolution m_t = sum_s H_s u_{t-s} (+ A_bar^(t+1) m0) in O(T log T). Shapes as in the package docstring."""
-    batch, time, dims = u.shape
+    time = u.shape[1]
     H = impulse_response(A_bar, B_bar, time) if impulse is None else impulse  # (k, T, n)
-    n_fft = fft_length(2 * time - 1)  # no circular wrap-around
-    U = torch.fft.rfft(u, n=n_fft, dim=1)  # (batch, F, D)
-    Hf = torch.fft.rfft(H, n=n_fft, dim=1).permute(1, 0, 2)  # (F, k, n)
-    m = torch.fft.irfft(U.unsqueeze(-1) * Hf, n=n_fft, dim=1)[:, :time]  # (batch, T, D, n)
+    m = causal_fft_product(u, H)
     if m0 is not None:
         m = m + zero_input_response(A_bar, m0, time)
     return m
