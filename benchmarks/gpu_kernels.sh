@@ -11,14 +11,14 @@
 # checks, default all), TUNE_ARGS (gpu_kernel_tune.py's parts: cell convolution toeplitz, default all),
 # BENCH_ARGS (bench options; default --precision, the error table), CHECK_S / TUNE_S / BENCH_S (time limits).
 #
-# The fused cell's two algorithms against both LSTMs, and the block-GEMM memory, in two calls back to back
-# (the second within the device's idle window, so that it reuses the first's compiled kernels):
-#   STEPS=check CHECKS="check_convolution_cell check_elman check_lmu_fused_mode" CHECK_S=280
+# The fused cell's two algorithms against both LSTMs, and the chunk-scan and block-GEMM memories, in two calls
+# back to back (the second within the device's idle window, so that it reuses the first's compiled kernels):
+#   STEPS=check CHECKS="check_chunk_scan check_convolution_cell check_elman check_lmu_fused_mode" CHECK_S=280
 #   bash benchmarks/gpu_kernels.sh
-#   STEPS=bench BENCH_S=540 BENCH_ARGS="--paths lmu-cell-fused,lmu-cell-fused-mixed,lmu-cell-fused-conv,
-#   lmu-cell-fused-conv-tf32,lmu-fused,lmu-fused-conv,lmu-fused-conv-tf32,lmu-fft-elman,lstm,lstm-fp32,
-#   memory-fft,memory-toeplitz-tf32,memory-blockgemm,memory-blockgemm-tf32 --repeat 10 --warmup 2"
-#   bash benchmarks/gpu_kernels.sh
+#   STEPS=bench BENCH_S=540 BENCH_ARGS="--paths memory-chunkscan,memory-chunkscan-tf32,memory-chunkscan-tf32x3,
+#   memory-fft,memory-toeplitz-tf32,memory-blockgemm-tf32,lmu-cell-fused,lmu-cell-fused-mixed,lmu-cell-fused-conv,
+#   lmu-cell-fused-conv-tf32,lmu-fused,lmu-fused-conv,lmu-fused-conv-tf32,lmu-fft-elman,lstm,lstm-fp32
+#   --repeat 10 --warmup 2" bash benchmarks/gpu_kernels.sh
 set -uo pipefail
 PYTHON=${PYTHON:-python3}
 STEPS=${STEPS:-check,tune,bench,long}
