@@ -21,9 +21,9 @@ def system(order, theta, dtype=torch.float64):
 def scan_form(request, monkeypatch):
     """Run a test with the scan over chunks as one block-triangular product, then as doubling steps."""
     monkeypatch.setattr(chunk_scan, "DENSE_SCAN_MAX_ENTRIES", 1 << 24 if request.param == "dense" else 0)
-    chunk_scan._CACHE.clear()
+    chunk_scan.clear_cache()
     yield request.param
-    chunk_scan._CACHE.clear()
+    chunk_scan.clear_cache()
 
 
 @pytest.mark.parametrize("batch,time,dims,order,block", [
@@ -124,19 +124,22 @@ def test_the_two_scans_agree(reverse, monkeypatch):
         torch.testing.assert_close(scan_chunks(y, op, "ieee", reverse=reverse), expected, atol=1e-12, rtol=1e-10)
 
 
-def test_the_operator_is_reused_only_for_the_same_values():
-    chunk_scan._CACHE.clear()
+def test_the_operator_is_reused_only_for_the_same_values(monkeypatch):
+    chunk_scan.clear_cache()
+    builds = []
+    build = chunk_scan.build_operator
+    monkeypatch.setattr(chunk_scan, "build_operator", lambda *a: builds.append(1) or build(*a))
     A, B = system(4, 7)
     u = torch.randn(2, 20, 1, dtype=torch.float64)
     first = linear_memory_chunk_scan(u, A, B)
-    assert len(chunk_scan._CACHE) == 1
-    linear_memory_chunk_scan(u, A.clone(), B.clone())
-    assert len(chunk_scan._CACHE) == 1  # a hit: same values in new tensors
-    A.mul_(0.5)  # in place: new values, so the operator is rebuilt
+    linear_memory_chunk_scan(u, A, B)  # the same tensors: an identity hit
+    linear_memory_chunk_scan(u, A.clone(), B.clone())  # new tensors, same values: a hit by value
+    assert len(builds) == 1
+    A.mul_(0.5)  # in place: new values under the same identity, so the operator is rebuilt
     torch.testing.assert_close(linear_memory_chunk_scan(u, A, B), linear_memory_naive(u, A, B))
-    assert len(chunk_scan._CACHE) == 2
+    assert len(builds) == 2
     assert not torch.allclose(linear_memory_chunk_scan(u, A, B), first)
-    chunk_scan._CACHE.clear()
+    chunk_scan.clear_cache()
 
 
 def test_autocast_keeps_the_products_in_float32():
