@@ -7,21 +7,23 @@
 # The GPU image has torch and triton but not pysiglib/torchcde/nengo; their wheels must be in ./wheels/
 # (git-ignored; carry it): pip download --no-deps -d wheels pysiglib==4.0.0 torchcde==0.2.5 torchsde==0.2.6
 # trampoline==0.1.2 nengo==4.1.0
-# Settings: PYTHON (python3), STEPS (check,tune,bench,long: which parts run), CHECKS (gpu_kernel_check.py's
+# Settings: PYTHON (python3), STEPS (check,sweep,tune,bench,long: which parts run; sweep: the chunk-scan
+# memory's chunk length and precision, benchmarks/chunk_scan_sweep.py), CHECKS (gpu_kernel_check.py's
 # checks, default all), TUNE_ARGS (gpu_kernel_tune.py's parts: cell convolution toeplitz, default all),
-# BENCH_ARGS (bench options; default --precision, the error table), CHECK_S / TUNE_S / BENCH_S (time limits).
+# BENCH_ARGS (bench options; default --precision, the error table), CHECK_S / SWEEP_S / TUNE_S / BENCH_S
+# (time limits).
 #
 # The fused cell's two algorithms against both LSTMs, and the chunk-scan and block-GEMM memories, in two calls
 # back to back (the second within the device's idle window, so that it reuses the first's compiled kernels):
-#   STEPS=check CHECKS="check_chunk_scan check_convolution_cell check_elman check_lmu_fused_mode" CHECK_S=280
-#   bash benchmarks/gpu_kernels.sh
+#   STEPS=check,sweep CHECKS="check_chunk_scan check_convolution_cell check_elman check_lmu_fused_mode"
+#   CHECK_S=280 bash benchmarks/gpu_kernels.sh
 #   STEPS=bench BENCH_S=540 BENCH_ARGS="--paths memory-chunkscan,memory-chunkscan-tf32,memory-chunkscan-tf32x3,
 #   memory-fft,memory-toeplitz-tf32,memory-blockgemm-tf32,lmu-cell-fused,lmu-cell-fused-mixed,lmu-cell-fused-conv,
 #   lmu-cell-fused-conv-tf32,lmu-fused,lmu-fused-conv,lmu-fused-conv-tf32,lmu-fft-elman,lstm,lstm-fp32
 #   --repeat 10 --warmup 2" bash benchmarks/gpu_kernels.sh
 set -uo pipefail
 PYTHON=${PYTHON:-python3}
-STEPS=${STEPS:-check,tune,bench,long}
+STEPS=${STEPS:-check,sweep,tune,bench,long}
 RESULTS=${OUT:-runs/gpu}
 mkdir -p "$RESULTS"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -40,6 +42,7 @@ if step check; then
     # A kernel that hangs (a barrier never released) would hang every later step too.
     [ "${PIPESTATUS[0]}" = 124 ] && { echo "check timed out: stopping"; exit 4; }
 fi
+step sweep && { echo "== sweep"; timeout "${SWEEP_S:-120}" "$PYTHON" benchmarks/chunk_scan_sweep.py --device cuda | tee "$RESULTS/sweep.jsonl"; }
 step tune && { echo "== tune"; timeout "${TUNE_S:-150}" "$PYTHON" benchmarks/gpu_kernel_tune.py ${TUNE_ARGS:-} | tee "$RESULTS/tune.jsonl"; }
 step bench && { echo "== bench"; timeout "${BENCH_S:-220}" "$PYTHON" -c "from contime.cli import app; app()" bench --device cuda --out "$RESULTS/bench.jsonl" ${BENCH_ARGS---precision} \
     | tee "$RESULTS/bench.txt"; }
