@@ -3,6 +3,8 @@
 Paths (the memory op alone, batch --batch, one memory dimension, order --order, under torch.no_grad):
 
     fft       ``linear_memory_fft``: every state, (batch, time, 1, order), one FFT convolution.
+    chunk     ``linear_memory_chunk_scan``: every state, by chunks of L steps (``chunk_length``: 128 from 1,024
+              steps) with the state passed by a scan over chunks; linear in the length.
     stream    ``linear_memory_final_chunked``: the last state only, chunks of --chunk steps with the state
               carried between them; its memory should not grow with the length.
     whole     ``linear_memory_final(..., chunk=None)``: the last state as one product with the impulse
@@ -43,12 +45,14 @@ import torch
 
 from contime.experiments.fits import loglog_slope
 from contime.legendre import discretize
-from contime.ops.lmu_memory import linear_memory_fft, linear_memory_final, linear_memory_final_chunked
+from contime.ops.lmu_memory import (linear_memory_chunk_scan, linear_memory_fft, linear_memory_final,
+                                    linear_memory_final_chunked)
+from contime.ops.lmu_memory.chunk_scan import chunk_length
 from contime.ops.lmu_memory.fft import fft_length
 from contime.ops.lmu_memory.final import FINAL_CHUNK
 from contime.bench.timing import peak_bytes, synchronize
 
-PATHS = ("fft", "stream", "whole")
+PATHS = ("fft", "chunk", "stream", "whole")
 LENGTHS = (1_000, 3_000, 10_000, 30_000, 100_000, 300_000, 1_000_000)
 
 
@@ -68,6 +72,11 @@ def estimate_bytes(path: str, length: int, batch: int, order: int, chunk: int, i
         spectra = 2 * (n_fft // 2 + 1) * order * 2 * itemsize * (1 + batch)  # H's and the product's
         padded = n_fft * order * itemsize * (1 + batch)  # H zero-padded for its transform, the irfft output
         return max(impulse(length, itemsize), length * order * itemsize + spectra + padded)
+    if path == "chunk":  # the states (twice where a padded last chunk must be cut off), the operator in float64
+        L = chunk_length(length)
+        blocks = -(-length // L)
+        states = batch * blocks * L * order * itemsize * (1 if batch == 1 else 2)
+        return states + 4 * (L + 1) * order * order * 8 + 2 * (order + L) * L * order * itemsize
     if path == "stream":
         size = min(chunk, length)
         return impulse(size, 8) + 2 * batch * size * itemsize + 4 * order * order * 8
@@ -85,6 +94,8 @@ def call_time(fn, device: torch.device) -> float:
 def path_call(path: str, u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor, chunk: int):
     if path == "fft":
         return lambda: linear_memory_fft(u, A_bar, B_bar)
+    if path == "chunk":
+        return lambda: linear_memory_chunk_scan(u, A_bar, B_bar)
     if path == "stream":
         return lambda: linear_memory_final_chunked(u, A_bar, B_bar, chunk=chunk)
     return lambda: linear_memory_final(u, A_bar, B_bar, chunk=None)

@@ -42,7 +42,7 @@ from typing import NamedTuple
 
 import torch
 
-from ...legendre import power_sequence
+from ...legendre import impulse_response, power_sequence
 from .common import matmul_precision, zero_input_response
 from .fft import causal_fft_product, toeplitz_kernel_gradient
 
@@ -95,6 +95,7 @@ class ChunkOperator(NamedTuple):
     backward_weight: torch.Tensor  # (L n, n + L): [Q | K^T]
     next_response: torch.Tensor  # (n, L): H_{L-sigma}, read by the next chunk's adjoint
     state_matrix: torch.Tensor  # (n, n): A, for grad m0
+    input_matrix: torch.Tensor  # (n,): B, to rebuild H for a second derivative
     scan: torch.Tensor | None  # (NB n, NB n): block (p, q) = (A^(L (q-p)))^T for p <= q; None: doubling
     doubling: tuple[torch.Tensor, ...]  # A^(L 2^k), k = 0, 1, ... while 2^k < NB (when scan is None)
 
@@ -125,7 +126,8 @@ def build_operator(A_bar: torch.Tensor, B_bar: torch.Tensor, L: int, blocks: int
             squares.append(squares[-1] @ squares[-1])
         doubling = tuple(s.to(dtype) for s in squares)
     return ChunkOperator(forward_weight.to(dtype), H[:L].flip(0).to(dtype), backward_weight.to(dtype),
-                         H[L - torch.arange(L, device=A.device)].t().to(dtype), A.to(dtype), scan, doubling)
+                         H[L - torch.arange(L, device=A.device)].t().to(dtype), A.to(dtype),
+                         B_bar.detach().to(dtype), scan, doubling)
 
 
 _BY_IDENTITY: dict = {}
@@ -207,8 +209,10 @@ def _pad_steps(x: torch.Tensor, length: int) -> torch.Tensor:
 class _ChunkScanMemory(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, kernel, m0, op, L, precision):
+        """kernel: H ``(time, n)``, or None where no gradient reaches it (the operator holds what the forward
+        needs; a second derivative rebuilds H from A and B)."""
         batch, time, D = u.shape
-        n = kernel.shape[1]
+        n = op.state_matrix.shape[0]
         blocks = -(-time // L)
         rows = u.permute(0, 2, 1).reshape(batch * D, time)
         chunks = _pad_steps(rows, blocks * L).reshape(batch * D, blocks, L)
@@ -226,10 +230,10 @@ class _ChunkScanMemory(torch.autograd.Function):
     def backward(ctx, grad):
         if torch.is_grad_enabled():  # create_graph=True: the operator is a constant here, so go through the FFT
             return _ChunkScanMemory._differentiable_backward(ctx, grad)
-        u, kernel, _ = ctx.saved_tensors
+        u, _, _ = ctx.saved_tensors
         grad = grad.to(u.dtype)  # the gradient of an autocast region may come back in its dtype
         batch, time, D = u.shape
-        n = kernel.shape[1]
+        n = ctx.op.state_matrix.shape[0]
         blocks = -(-time // ctx.L)
         grad_u = grad_kernel = grad_m0 = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
@@ -245,6 +249,8 @@ class _ChunkScanMemory(torch.autograd.Function):
         u, kernel, m0 = ctx.saved_tensors
         wanted = [i for i, need in enumerate(ctx.needs_input_grad[:3]) if need]
         inputs = [(u, kernel, m0)[i] for i in wanted]
+        if kernel is None:
+            kernel = impulse_response(ctx.op.state_matrix[None], ctx.op.input_matrix[None], u.shape[1])[0]
         out = causal_fft_product(u, kernel[None])
         if m0 is not None:
             out = out + zero_input_response(ctx.op.state_matrix[None], m0, u.shape[1])
@@ -280,15 +286,15 @@ def linear_memory_chunk_scan(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.
     shared (k = 1).
 
     Args:
-        impulse: H ``(1, time, n)``, A_bar^s B_bar; built here when None. Its gradient (a trained theta) is
-            the FFT's; the values used are rebuilt from A_bar and B_bar, which it must match.
+        impulse: H ``(1, time, n)``, A_bar^s B_bar, or None. Only its gradient is used (by FFT), for a trained
+            theta: the values come from A_bar and B_bar, which it must match. When None it is built only if A_bar
+            or B_bar wants a gradient (at a million steps H alone is 1 GB in float32).
         precision: "ieee", "tf32" or "tf32x3" (module docstring).
         block: L, the steps per chunk (default ``chunk_length(time)``).
 
     Returns:
         ``(batch, time, D, n)``.
     """
-    from ...legendre import impulse_response
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if u.ndim != 3:
@@ -308,17 +314,19 @@ def linear_memory_chunk_scan(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.
     if isinstance(L, bool) or not isinstance(L, int) or L < 1:
         raise ValueError(f"block must be an int >= 1, got {block!r}")
     L = min(L, time)
-    H = impulse_response(A_bar, B_bar, time) if impulse is None else impulse
-    if H.shape != (1, time, n):
+    H = impulse
+    if H is None and torch.is_grad_enabled() and (A_bar.requires_grad or B_bar.requires_grad):
+        H = impulse_response(A_bar, B_bar, time)  # the path of A_bar's and B_bar's gradients
+    if H is not None and H.shape != (1, time, n):
         raise ValueError(f"impulse must be (1, time, n) = {(1, time, n)}, got {tuple(H.shape)}")
-    if u.dtype != H.dtype or u.device != H.device:
+    if H is not None and (u.dtype != H.dtype or u.device != H.device):
         raise ValueError(f"u and impulse must share dtype and device; got u {u.dtype} on {u.device}, impulse "
                          f"{H.dtype} on {H.device}")
     op = cached_operator(A_bar, B_bar, L, math.ceil(time / L), u.dtype)
     # m0's term depends on A_bar: when A_bar is trained it goes through autograd outside (the operator is a
     # constant to the autograd node); otherwise the scan starts from m0, at no extra cost.
     m0_outside = m0 is not None and torch.is_grad_enabled() and A_bar.requires_grad
-    m = _ChunkScanMemory.apply(u, H[0], None if m0_outside else m0, op, L, precision)
+    m = _ChunkScanMemory.apply(u, None if H is None else H[0], None if m0_outside else m0, op, L, precision)
     if m0_outside:
         m = m + zero_input_response(A_bar, m0, time)
     return m
