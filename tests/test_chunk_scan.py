@@ -142,6 +142,21 @@ def test_the_operator_is_reused_only_for_the_same_values(monkeypatch):
     chunk_scan.clear_cache()
 
 
+def test_inference_mode_tensors(monkeypatch):
+    """Inference tensors have no version counter: the cache goes by value for them (one build for two calls)."""
+    chunk_scan.clear_cache()
+    builds = []
+    build = chunk_scan.build_operator
+    monkeypatch.setattr(chunk_scan, "build_operator", lambda *a: builds.append(1) or build(*a))
+    with torch.inference_mode():
+        A, B = system(4, 7)
+        u = torch.randn(2, 20, 1, dtype=torch.float64)
+        torch.testing.assert_close(linear_memory_chunk_scan(u, A, B), linear_memory_naive(u, A, B))
+        linear_memory_chunk_scan(u, A, B)
+    assert len(builds) == 1
+    chunk_scan.clear_cache()
+
+
 def test_autocast_keeps_the_products_in_float32():
     """Forward and backward under autocast (bfloat16): float32 results and gradients."""
     A, B = system(8, 20, torch.float32)

@@ -36,7 +36,8 @@ from torch import nn
 
 from ..legendre import discretize, impulse_response
 from ..lmu import LMU
-from ..ops.lmu_memory import linear_memory_conv, linear_memory_fft, linear_memory_final, linear_memory_naive
+from ..ops.lmu_memory import (linear_memory_block_gemm, linear_memory_chunk_scan, linear_memory_conv,
+                              linear_memory_fft, linear_memory_final, linear_memory_naive)
 from ..ops.triton_env import interpreting
 from .timing import time_call
 
@@ -273,42 +274,30 @@ register_path("memory-toeplitz-columns", kind="memory",
     _toeplitz_builder("ieee", "columns"))
 
 
-def _block_gemm_builder(precision: str):
+def _dense_product_builder(memory: Callable[..., torch.Tensor], precision: str):
+    """A path for a memory computed by dense matrix products (cuBLAS / MKL): ``memory(u, A_bar, B_bar,
+    impulse=, precision=)``, such as ``linear_memory_block_gemm`` or ``linear_memory_chunk_scan``."""
     def build(shape, device, dtype):
         if precision == "tf32" and device.type != "cuda":
             raise PathUnavailable("tf32 applies to cuBLAS on CUDA only")
-        from ..ops.lmu_memory.block_gemm import linear_memory_block_gemm
         s = memory_system(shape, device, dtype)
-        return memory_case(shape, device, dtype, lambda u: linear_memory_block_gemm(
-            u, s.A_bar, s.B_bar, impulse=s.H, precision=precision))
+        return memory_case(shape, device, dtype,
+                           lambda u: memory(u, s.A_bar, s.B_bar, impulse=s.H, precision=precision))
     return build
 
 
 register_path("memory-blockgemm", kind="memory", reference="memory-fft",
               description="block-Toeplitz memory as one dense matrix product (cuBLAS / MKL), all states")(
-    _block_gemm_builder("ieee"))
+    _dense_product_builder(linear_memory_block_gemm, "ieee"))
 register_path("memory-blockgemm-tf32", kind="memory", reference="memory-fft",
               description="the same with cuBLAS's TF32 tensor cores, all states")(
-    _block_gemm_builder("tf32"))
-
-
-def _chunk_scan_builder(precision: str):
-    def build(shape, device, dtype):
-        if precision == "tf32" and device.type != "cuda":
-            raise PathUnavailable("tf32 applies to cuBLAS on CUDA only")
-        from ..ops.lmu_memory.chunk_scan import linear_memory_chunk_scan
-        s = memory_system(shape, device, dtype)
-        return memory_case(shape, device, dtype, lambda u: linear_memory_chunk_scan(
-            u, s.A_bar, s.B_bar, impulse=s.H, precision=precision))
-    return build
-
-
+    _dense_product_builder(linear_memory_block_gemm, "tf32"))
 for _precision in ("ieee", "tf32", "tf32x3"):
     register_path("memory-chunkscan" + ("" if _precision == "ieee" else f"-{_precision}"), kind="memory",
                   reference="memory-fft",
                   description=f"chunked memory: products inside chunks, state passed by a scan; {_precision} "
                               "products (cuBLAS / MKL), all states")(
-        _chunk_scan_builder(_precision))
+        _dense_product_builder(linear_memory_chunk_scan, _precision))
 
 
 # --------------------------------------------------------------------------------------------------- LMU cells

@@ -5,8 +5,13 @@ The recurrence never leaves the kernel. Sequences never interact, so the batch i
 columns: program k of a group computes the k-th, (k + SPLIT)-th, ... chunks of ``BLOCK_N`` columns of m_t and
 of h_t. Each step has two phases (m_t, then h_t; in the backward pass dp_t, then dm_t), and the programs of a
 group meet at a barrier after each phase: an atomic counter per group in global memory, bumped with release
-semantics and polled with acquire semantics. States written by one program and read by another always go
-through L2 (``.cg`` loads). The weights (well under 1 MB at the psMNIST shape) stay in L2 across steps.
+semantics and polled with acquire semantics. States written by one program and read by another are loaded
+with ``.cg`` (L2), but inside a loop feeding ``tl.dot`` Triton turns a load into an async copy whose cache mode
+follows its width: 4-byte copies (batch or widths not multiples of 16, as at the psMNIST shape) go through L1
+whatever the modifier (sm_90a SASS, read in a review of the convolution kernels). What makes every such read
+see the other programs' writes is the barrier: the acquire poll compiles to a GPU-scope load followed by an L1
+invalidation (CCTL.IVALL), and the release to MEMBAR.GPU before the add, with ``debug_barrier`` on both sides.
+The weights (well under 1 MB at the psMNIST shape) stay in L2 across steps.
 
 Why split: one program per block of 16 sequences would do all of a step's 2.6 M multiply-adds (psMNIST shape)
 on one SM while the other SMs idle; a group of SPLIT programs does it SPLIT times faster, at the cost of the
@@ -47,7 +52,8 @@ def _tile(ptr, rows, cols, n_rows, n_cols, row_stride):
 
 @triton.jit
 def _state(ptr, rows, cols, n_rows, n_cols, row_stride):
-    """Like ``_tile``, for a state written earlier in this launch (maybe by another program): read from L2."""
+    """Like ``_tile``, for a state written earlier in this launch (maybe by another program): ``.cg`` (L2) where
+    Triton keeps the modifier; the group barrier's L1 invalidation covers the rest (module docstring)."""
     mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     return tl.load(ptr + rows[:, None] * row_stride + cols[None, :], mask=mask, other=0.0, cache_modifier=".cg")
 

@@ -144,7 +144,9 @@ def cached_operator(A_bar: torch.Tensor, B_bar: torch.Tensor, L: int, blocks: in
     bytes, so new tensors with the same values (an LMU under inference mode rebuilds A_bar on every call) hit
     too. On a GPU reading the values would cost a device synchronization per call, so only identity counts."""
     shape = (L, blocks, dtype)
-    identity = (id(A_bar), A_bar._version, id(B_bar), B_bar._version, *shape)
+    # Inference tensors keep no version counter: only their values can say they are unchanged.
+    identity = None if A_bar.is_inference() or B_bar.is_inference() else \
+        (id(A_bar), A_bar._version, id(B_bar), B_bar._version, *shape)
     hit = _BY_IDENTITY.get(identity)
     if hit is not None and hit[0]() is A_bar and hit[1]() is B_bar:
         return hit[2]
@@ -156,7 +158,8 @@ def cached_operator(A_bar: torch.Tensor, B_bar: torch.Tensor, L: int, blocks: in
         operator = _BY_VALUE[value]
     else:
         operator = build_operator(A_bar[0], B_bar[0], L, blocks, dtype)
-    _bounded(_BY_IDENTITY)[identity] = (weakref.ref(A_bar), weakref.ref(B_bar), operator)
+    if identity is not None:
+        _bounded(_BY_IDENTITY)[identity] = (weakref.ref(A_bar), weakref.ref(B_bar), operator)
     return operator
 
 
