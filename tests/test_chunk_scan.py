@@ -229,6 +229,28 @@ def test_second_derivatives_equal_the_loops(scan_form, given_impulse):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
 
 
+def test_lmu_fft_mode_under_forward_ad_and_torch_func():
+    """The CPU's fft mode leaves the chunk scan (no jvp rule) for the FFT under forward-mode AD and torch.func;
+    the op itself says so."""
+    import torch.autograd.forward_ad as fwAD
+    from torch.func import jacrev
+
+    import contime
+    lmu = contime.LMU(1, 1, 8, 6.0, mode="fft", input_kernel=False).double()
+    x, v = torch.randn(2, 10, 1, dtype=torch.float64), torch.randn(2, 10, 1, dtype=torch.float64)
+    results = {}
+    for mode in ("fft", "recurrent"):
+        lmu.mode = mode
+        with fwAD.dual_level():
+            tangent = fwAD.unpack_dual(lmu(fwAD.make_dual(x, v))[0]).tangent
+        results[mode] = (tangent, jacrev(lambda x: lmu(x)[0])(x))
+    for a, b in zip(results["fft"], results["recurrent"]):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    A, B = system(4, 7)
+    with fwAD.dual_level(), pytest.raises(ValueError, match="forward-mode AD"):
+        linear_memory_chunk_scan(fwAD.make_dual(x, v), A, B)
+
+
 def test_chunk_length():
     assert chunk_length(784) == 98 and chunk_length(10) == 10 and chunk_length(100) == 16
     assert chunk_length(2000) == 128 and chunk_length(100_000) == 128

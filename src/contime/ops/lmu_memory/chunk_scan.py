@@ -43,7 +43,7 @@ from typing import NamedTuple
 import torch
 
 from ...legendre import impulse_response, power_sequence
-from .common import matmul_precision, zero_input_response
+from .common import matmul_precision, under_transform, zero_input_response
 from .fft import causal_fft_product, toeplitz_kernel_gradient
 
 PRECISIONS = ("ieee", "tf32", "tf32x3")
@@ -306,6 +306,9 @@ def linear_memory_chunk_scan(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.
         raise ValueError(f"linear_memory_chunk_scan needs one shared A_bar (1, n, n) and B_bar (1, n); got "
                          f"A_bar {tuple(A_bar.shape)}, B_bar {tuple(B_bar.shape)}; use linear_memory_fft for "
                          "per-dimension theta")
+    if under_transform(u, A_bar, B_bar, m0, impulse):
+        raise ValueError("linear_memory_chunk_scan has no forward-mode AD or torch.func rule; use "
+                         "linear_memory_fft (plain torch ops) there")
     batch, time, D = u.shape
     n = A_bar.shape[-1]
     if time < 1:
@@ -319,7 +322,7 @@ def linear_memory_chunk_scan(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.
     L = min(L, time)
     H = impulse
     if H is None and torch.is_grad_enabled() and (A_bar.requires_grad or B_bar.requires_grad):
-        H = impulse_response(A_bar, B_bar, time)  # the path of A_bar's and B_bar's gradients
+        H = impulse_response(A_bar, B_bar, time).to(u.dtype)  # the path of A_bar's and B_bar's gradients
     if H is not None and H.shape != (1, time, n):
         raise ValueError(f"impulse must be (1, time, n) = {(1, time, n)}, got {tuple(H.shape)}")
     if H is not None and (u.dtype != H.dtype or u.device != H.device):

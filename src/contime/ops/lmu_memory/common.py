@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch.autograd import forward_ad
 
 from ...legendre import impulse_response, power_sequence
 
@@ -89,3 +90,11 @@ def matmul_precision(precision: str, device: torch.device):
         yield
     finally:
         matmul.fp32_precision = previous
+
+
+def under_transform(*tensors: torch.Tensor | None) -> bool:
+    """Whether forward-mode AD (a dual tensor among ``tensors``) or a torch.func transform (vmap, jacrev, jvp,
+    ...) is at work: autograd nodes without a jvp or vmap rule (the chunk scan's) cannot run then."""
+    if torch._C._are_functorch_transforms_active():
+        return True
+    return any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)

@@ -8,7 +8,7 @@ import torch
 
 from ..triton_env import triton_available
 from .chunk_scan import linear_memory_chunk_scan
-from .common import zero_input_response
+from .common import under_transform, zero_input_response
 from .fft import linear_memory_fft, projected_memory_fft
 
 # The Toeplitz product costs O(T^2) per channel against the FFT's O(T log T): beyond this length the FFT wins
@@ -34,10 +34,12 @@ def use_triton_memory(u: torch.Tensor, A_bar: torch.Tensor, precision: str = "ie
             and triton_available())
 
 
-def use_chunk_scan(u: torch.Tensor, A_bar: torch.Tensor, H: torch.Tensor | None = None) -> bool:
-    """True for CPU inputs with one shared A_bar (``chunk_scan``), unless a gradient to A_bar or H is wanted: a
-    trained theta changes A_bar every step, and each new A_bar costs the chunk operator's float64 build (0.66 s at
-    order 256 on this CPU, about the FFT's whole forward and backward).
+def use_chunk_scan(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor | None = None,
+                   m0: torch.Tensor | None = None, H: torch.Tensor | None = None) -> bool:
+    """True for CPU inputs with one shared A_bar (``chunk_scan``), unless a gradient to A_bar, B_bar or H is
+    wanted (a trained theta changes A_bar every step, and each new A_bar costs the chunk operator's float64 build:
+    0.66 s at order 256 on this CPU, about the FFT's whole forward and backward), or forward-mode AD or a
+    torch.func transform is at work (``common.under_transform``).
 
     Measured on this project's CPU (one thread, float32, a /tmp script timing both; forward / forward
     + backward, FFT then chunk scan): the psMNIST shape (batch 100, 784 steps, order 256) 219.7 / 708.2 ms
@@ -45,7 +47,8 @@ def use_chunk_scan(u: torch.Tensor, A_bar: torch.Tensor, H: torch.Tensor | None 
     steps, order 64: 42.7 / 168.0 against 26.5 / 51.0 ms; batch 1, 100,000 steps, order 256: 1,095.5 / 2,092.8
     against 296.9 / 551.9 ms. On CUDA it is not timed yet, so the FFT stays there.
     """
-    return u.device.type == "cpu" and A_bar.shape[0] == 1 and not _wants_grad(A_bar, H)
+    return (u.device.type == "cpu" and A_bar.shape[0] == 1 and not _wants_grad(A_bar, B_bar, H)
+            and not under_transform(u, A_bar, B_bar, m0, H))
 
 
 def toeplitz_precision(precision: str) -> str:
@@ -81,7 +84,7 @@ def memory_all_steps(u, A_bar, B_bar, m0, H, precision: str = "ieee") -> torch.T
         from .toeplitz import linear_memory_toeplitz
         return linear_memory_toeplitz(u, A_bar, B_bar, m0, impulse=H,
                                       precision=toeplitz_precision(precision))
-    if use_chunk_scan(u, A_bar, H):
+    if use_chunk_scan(u, A_bar, B_bar, m0, H):
         return linear_memory_chunk_scan(u, A_bar, B_bar, m0, impulse=H)
     return linear_memory_fft(u, A_bar, B_bar, m0, impulse=H)
 
