@@ -15,9 +15,9 @@ with rows (r, q), r = (sequence, memory dimension). The chunk states come first:
 H_{L-1-sigma} (a product with L columns), then s_q = A^L s_{q-1} + e_q, a scan over the NB chunks: one product
 with a block-triangular matrix of powers of A^L while NB n is small, else ceil(log2 NB) doubling steps.
 
-Work: 2 R T n (n + L) multiply-adds for the large product, linear in T, against 2 R T^2 n for the block-Toeplitz
-GEMM (``block_gemm``; 2.5 times more at the psMNIST shape). No value is rounded more than a few times in a row
-(no compounding over the steps), so tf32 products keep about 1e-3 relative error.
+Work: R T n (n + L) multiply-adds for the large product, linear in T, against R T^2 n for the block-Toeplitz
+GEMM (``block_gemm``; T / (n + L) = 2.2 times more at the psMNIST shape, L = 98). No value is rounded more
+than a few times in a row (no compounding over the steps), so tf32 products keep about 1e-3 relative error.
 
 Backward, with the adjoint lambda_t = sum_{t' >= t} g_{t'} A^(t'-t) (row vectors) and Lambda_q = lambda_{qL}:
 
@@ -36,8 +36,8 @@ its three float32 products.
 
 from __future__ import annotations
 
-import math
 import weakref
+from collections import OrderedDict
 from typing import NamedTuple
 
 import torch
@@ -60,114 +60,150 @@ def chunk_length(time: int) -> int:
 # ------------------------------------------------------------------------------------------- products
 def split_tf32(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(hi, lo) with hi = x rounded to tf32's 10 mantissa bits (exactly representable, so the tensor cores read it
-    unchanged) and lo = x - hi (exact in float32, at most 2^-11 |x|)."""
+    unchanged) and lo = x - hi (exact in float32, at most 2^-11 |x|). Where rounding would overflow or x is not
+    finite, hi = x and lo = 0 (an infinity stays one, instead of inf - inf)."""
     bits = x.contiguous().view(torch.int32)
     hi = ((bits + 0x1000) & -0x2000).view(torch.float32)  # round half away from zero, clear the low 13 bits
-    return hi, x - hi
+    finite = torch.isfinite(hi)
+    hi = torch.where(finite, hi, x)
+    return hi, torch.where(finite, x - hi, 0.0)
 
 
-def product(x: torch.Tensor, w: torch.Tensor, precision: str) -> torch.Tensor:
-    """x @ w with ``precision``'s products (module docstring); x ``(..., K)``, w ``(K, N)``.
+def product(x: torch.Tensor, w: torch.Tensor, precision: str, memo: dict | None = None) -> torch.Tensor:
+    """x @ w with ``precision``'s products (module docstring); x ``(..., K)``, w ``(K, N)``, same dtype.
 
     tf32x3 arranges its three products by which side is large: a small x (the forward, whose output is the large
     memory) makes one product with three times the inner size, [x_hi | x_hi | x_lo] @ [w_hi; w_lo; w_hi], so
     the output is written once; a large x (the backward's gradient) is read once per part, x_hi @ [w_hi | w_lo]
-    and x_lo @ w_hi, and only the small outputs are added."""
+    and x_lo @ w_hi, and only the small outputs are added. ``memo`` (an operator's) keeps w's parts for a
+    constant w: at the psMNIST shape the split and stacked forward weight is 106 MB to write on every call."""
     if precision == "tf32x3" and x.dtype == torch.float32:
         x_hi, x_lo = split_tf32(x)
-        w_hi, w_lo = split_tf32(w)
+        stacked_inner = x[..., 0].numel() * w.shape[1] >= x.numel()  # the output is at least as large as x
+        key = (w.data_ptr(), w.stride(), stacked_inner)
+        parts = None if memo is None else memo.get(key)
+        if parts is None:
+            w_hi, w_lo = split_tf32(w)
+            parts = (torch.cat([w_hi, w_lo, w_hi]),) if stacked_inner else (torch.cat([w_hi, w_lo], dim=1), w_hi)
+            if memo is not None:
+                memo[key] = parts
         with matmul_precision("tf32", x.device):
-            if x[..., 0].numel() * w.shape[1] >= x.numel():  # the output is at least as large as x
-                return torch.cat([x_hi, x_hi, x_lo], dim=-1) @ torch.cat([w_hi, w_lo, w_hi])
-            both = x_hi @ torch.cat([w_hi, w_lo], dim=1)
+            if stacked_inner:
+                return torch.cat([x_hi, x_hi, x_lo], dim=-1) @ parts[0]
+            both = x_hi @ parts[0]
             n = w.shape[1]
-            return (both[..., n:] + x_lo @ w_hi) + both[..., :n]  # the small terms first: one rounding less
+            return (both[..., n:] + x_lo @ parts[1]) + both[..., :n]  # the small terms first: one rounding less
     with matmul_precision("tf32" if precision == "tf32" else "ieee", x.device):
         return x @ w
 
 
 # ------------------------------------------------------------------------------------------- the operator
+class ChunkScan(NamedTuple):
+    """How the states pass over NB chunks: one dense product, or doubling steps."""
+
+    dense: torch.Tensor | None  # (NB n, NB n): block (p, q) = (A^(L (q-p)))^T for p <= q; None: doubling
+    doubling: tuple[torch.Tensor, ...]  # A^(L 2^k), k = 0, 1, ... while 2^k < NB (when dense is None)
+
+
 class ChunkOperator(NamedTuple):
-    """The matrices of one (A, B, L, NB), in the op's dtype; built in float64 from A and B, cast once."""
+    """The matrices of one (A, B, L) in the op's dtype, built in float64 and cast once; ``scans`` holds the
+    ChunkScan of each chunk count NB met so far (built on first use by ``scan_for``), ``memo`` the tf32x3 parts
+    of the two weights (built on first use by ``product``)."""
 
     forward_weight: torch.Tensor  # (n + L, L n): [[P], [K]]
     chunk_end: torch.Tensor  # (L, n): H_{L-1-sigma}, the response at the chunk's end to its input sigma
     backward_weight: torch.Tensor  # (L n, n + L): [Q | K^T]
     next_response: torch.Tensor  # (n, L): H_{L-sigma}, read by the next chunk's adjoint
     state_matrix: torch.Tensor  # (n, n): A, for grad m0
-    input_matrix: torch.Tensor  # (n,): B, to rebuild H for a second derivative
-    scan: torch.Tensor | None  # (NB n, NB n): block (p, q) = (A^(L (q-p)))^T for p <= q; None: doubling
-    doubling: tuple[torch.Tensor, ...]  # A^(L 2^k), k = 0, 1, ... while 2^k < NB (when scan is None)
+    source: tuple[torch.Tensor, torch.Tensor]  # A (n, n) and B (n,) in float64: H again, A^L for the scans
+    scans: dict
+    memo: dict  # ``product``'s tf32x3 parts of the two weights
 
 
-def build_operator(A_bar: torch.Tensor, B_bar: torch.Tensor, L: int, blocks: int,
-                   dtype: torch.dtype) -> ChunkOperator:
-    """The ChunkOperator of A_bar ``(n, n)`` and B_bar ``(n,)`` for chunks of L steps, NB = ``blocks``."""
-    A = A_bar.detach().to(torch.float64)
+def build_operator(A_bar: torch.Tensor, B_bar: torch.Tensor, L: int, dtype: torch.dtype) -> ChunkOperator:
+    """The ChunkOperator of A_bar ``(n, n)`` and B_bar ``(n,)`` for chunks of L steps."""
+    A, B = A_bar.detach().to(torch.float64), B_bar.detach().to(torch.float64)
     n = A.shape[0]
     eye = torch.eye(n, dtype=torch.float64, device=A.device)
     powers = power_sequence(A[None], eye[None], L + 1)[0]  # (L + 1, n, n): A^0 .. A^L
-    H = powers @ B_bar.detach().to(torch.float64)  # (L + 1, n): H_0 .. H_L
+    H = powers @ B  # (L + 1, n): H_0 .. H_L
     lag = torch.arange(L, device=A.device)[None, :] - torch.arange(L, device=A.device)[:, None]  # [sigma, tau]
     K = torch.where((lag >= 0)[..., None], H[lag.clamp(min=0)], 0.0)  # (L, L, n): [sigma, tau, c]
     P = powers[1:].permute(2, 0, 1)  # (n, L, n): [c', tau, c] = (A^(tau+1))[c, c']
     forward_weight = torch.cat([P.reshape(n, L * n), K.reshape(L, L * n)])
     backward_weight = torch.cat([powers[:L].reshape(L * n, n), K.permute(1, 2, 0).reshape(L * n, L)], dim=1)
-    step = powers[L]  # A^L: from one chunk's end to the next
-    scan, doubling = None, ()
+    return ChunkOperator(forward_weight.to(dtype), H[:L].flip(0).to(dtype), backward_weight.to(dtype),
+                         H[L - torch.arange(L, device=A.device)].t().to(dtype), A.to(dtype), (A, B), {}, {})
+
+
+def scan_for(op: ChunkOperator, blocks: int) -> ChunkScan:
+    """The operator's ChunkScan for NB = ``blocks`` chunks, built from A^L in float64 on first use (the last
+    four chunk counts are kept)."""
+    if blocks in op.scans:
+        op.scans[blocks] = op.scans.pop(blocks)  # most recently used last
+        return op.scans[blocks]
+    A = op.source[0]
+    n, L = A.shape[0], op.chunk_end.shape[0]
+    step = torch.linalg.matrix_power(A, L)  # A^L: from one chunk's end to the next
+    dtype = op.state_matrix.dtype
     if (blocks * n) ** 2 <= DENSE_SCAN_MAX_ENTRIES:
+        eye = torch.eye(n, dtype=torch.float64, device=A.device)
         chunk_powers = power_sequence(step[None], eye[None], blocks)[0]  # (NB, n, n): (A^L)^0 .. ^(NB-1)
         gap = torch.arange(blocks, device=A.device)[None, :] - torch.arange(blocks, device=A.device)[:, None]
         blocks_pq = torch.where((gap >= 0)[..., None, None], chunk_powers[gap.clamp(min=0)].mT, 0.0)  # [p, q, c', c]
-        scan = blocks_pq.permute(0, 2, 1, 3).reshape(blocks * n, blocks * n).to(dtype)
+        scan = ChunkScan(blocks_pq.permute(0, 2, 1, 3).reshape(blocks * n, blocks * n).to(dtype), ())
     else:
         squares = [step]
         while 2 ** len(squares) < blocks:
             squares.append(squares[-1] @ squares[-1])
-        doubling = tuple(s.to(dtype) for s in squares)
-    return ChunkOperator(forward_weight.to(dtype), H[:L].flip(0).to(dtype), backward_weight.to(dtype),
-                         H[L - torch.arange(L, device=A.device)].t().to(dtype), A.to(dtype),
-                         B_bar.detach().to(dtype), scan, doubling)
+        scan = ChunkScan(None, tuple(s.to(dtype) for s in squares))
+    if len(op.scans) >= 4:
+        op.scans.pop(next(iter(op.scans)))  # the least recently used
+    op.scans[blocks] = scan
+    return scan
 
 
-_BY_IDENTITY: dict = {}
-_BY_VALUE: dict = {}
+_BY_IDENTITY: OrderedDict = OrderedDict()
+_BY_VALUE: OrderedDict = OrderedDict()
+CACHE_SIZE = 4  # operators per cache (each about 70 MB at order 256, L = 98, float32)
 
 
-def cached_operator(A_bar: torch.Tensor, B_bar: torch.Tensor, L: int, blocks: int,
-                    dtype: torch.dtype) -> ChunkOperator:
-    """``build_operator`` of A_bar ``(1, n, n)`` and B_bar ``(1, n)``, reused (building costs 2 n^3 L float64
-    multiply-adds: 0.66 s at order 256, L = 98 on this project's CPU).
+def cached_operator(A_bar: torch.Tensor, B_bar: torch.Tensor, L: int, dtype: torch.dtype) -> ChunkOperator:
+    """``build_operator`` of A_bar ``(1, n, n)`` and B_bar ``(1, n)``, reused (building costs n^3 L float64
+    multiply-adds: 0.66 s at order 256, L = 98 on this project's CPU). Least recently used entries go first.
 
-    First by identity: the same live, unchanged tensors (an LMU with a fixed theta passes the same ones on every
-    call; weak references make a freed tensor's reused id miss). Then, on the CPU only, by value: the matrices'
-    bytes, so new tensors with the same values (an LMU under inference mode rebuilds A_bar on every call) hit
-    too. On a GPU reading the values would cost a device synchronization per call, so only identity counts."""
-    shape = (L, blocks, dtype)
+    First by identity: the same live tensors at the same version (an LMU with a fixed theta passes the same ones
+    on every call; the entry goes when either tensor is freed). Writes that bypass the version counter
+    (``A_bar.data.mul_``, a numpy view) are not seen, as with any cache keyed on versions. Then, on the CPU only,
+    by value: the matrices' bytes, so new tensors with the same values (an LMU under inference mode rebuilds
+    A_bar on every call) hit too. On a GPU reading the values would cost a device synchronization per call."""
     # Inference tensors keep no version counter: only their values can say they are unchanged.
     identity = None if A_bar.is_inference() or B_bar.is_inference() else \
-        (id(A_bar), A_bar._version, id(B_bar), B_bar._version, *shape)
+        (id(A_bar), A_bar._version, id(B_bar), B_bar._version, L, dtype)
     hit = _BY_IDENTITY.get(identity)
     if hit is not None and hit[0]() is A_bar and hit[1]() is B_bar:
+        _BY_IDENTITY.move_to_end(identity)
         return hit[2]
     if A_bar.device.type == "cpu":
         value = (A_bar.detach().numpy().tobytes(), B_bar.detach().numpy().tobytes(), tuple(A_bar.shape),
-                 A_bar.dtype, *shape)
+                 A_bar.dtype, L, dtype)
         if value not in _BY_VALUE:
-            _bounded(_BY_VALUE)[value] = build_operator(A_bar[0], B_bar[0], L, blocks, dtype)
+            _store(_BY_VALUE, value, build_operator(A_bar[0], B_bar[0], L, dtype))
+        _BY_VALUE.move_to_end(value)
         operator = _BY_VALUE[value]
     else:
-        operator = build_operator(A_bar[0], B_bar[0], L, blocks, dtype)
+        operator = build_operator(A_bar[0], B_bar[0], L, dtype)
     if identity is not None:
-        _bounded(_BY_IDENTITY)[identity] = (weakref.ref(A_bar), weakref.ref(B_bar), operator)
+        forget = lambda _: _BY_IDENTITY.pop(identity, None)  # noqa: E731
+        _store(_BY_IDENTITY, identity, (weakref.ref(A_bar, forget), weakref.ref(B_bar, forget), operator))
     return operator
 
 
-def _bounded(cache: dict, size: int = 4) -> dict:
-    """``cache``, emptied first when it holds ``size`` entries (each operator is tens of MB at order 256)."""
-    if len(cache) >= size:
-        cache.clear()
-    return cache
+def _store(cache: OrderedDict, key, value) -> None:
+    """cache[key] = value, dropping the least recently used entries beyond CACHE_SIZE."""
+    cache[key] = value
+    while len(cache) > CACHE_SIZE:
+        cache.popitem(last=False)
 
 
 def clear_cache() -> None:
@@ -177,7 +213,7 @@ def clear_cache() -> None:
 
 
 # ------------------------------------------------------------------------------------------- the scan
-def scan_chunks(y: torch.Tensor, op: ChunkOperator, precision: str, reverse: bool = False) -> torch.Tensor:
+def scan_chunks(y: torch.Tensor, scan: ChunkScan, precision: str, reverse: bool = False) -> torch.Tensor:
     """z_q = sum_{p <= q} y_p (A^(L (q-p)))^T, or with ``reverse`` z_q = sum_{p >= q} y_p A^(L (p-q)).
 
     Args:
@@ -187,11 +223,13 @@ def scan_chunks(y: torch.Tensor, op: ChunkOperator, precision: str, reverse: boo
         ``(R, NB, n)``.
     """
     rows, blocks, n = y.shape
-    if op.scan is not None:
-        matrix = op.scan.t() if reverse else op.scan  # the reverse scan's blocks are the forward's, transposed
+    if scan.dense is not None:
+        matrix = scan.dense.t() if reverse else scan.dense  # the reverse scan's blocks are the forward's, transposed
         return product(y.reshape(rows, blocks * n), matrix, precision).view(rows, blocks, n)
-    for k, power in enumerate(op.doubling):
+    for k, power in enumerate(scan.doubling):
         shift = 2 ** k
+        if shift >= blocks:
+            break
         if reverse:
             y = torch.cat([y[:, :-shift] + product(y[:, shift:], power, precision), y[:, -shift:]], dim=1)
         else:
@@ -222,8 +260,8 @@ class _ChunkScanMemory(torch.autograd.Function):
         with torch.autocast(u.device.type, enabled=False):
             ends = product(chunks[:, :-1], op.chunk_end, precision)  # (R, NB - 1, n): e_q
             first = u.new_zeros(batch * D, 1, n) if m0 is None else m0.reshape(batch * D, 1, n)
-            starts = scan_chunks(torch.cat([first, ends], dim=1), op, precision)  # (R, NB, n): s_{q-1}
-            M = product(torch.cat([starts, chunks], dim=2), op.forward_weight, precision)  # (R, NB, L n)
+            starts = scan_chunks(torch.cat([first, ends], dim=1), scan_for(op, blocks), precision)  # s_{q-1}
+            M = product(torch.cat([starts, chunks], dim=2), op.forward_weight, precision, op.memo)  # (R, NB, L n)
         ctx.save_for_backward(u, kernel, m0)
         ctx.op, ctx.L, ctx.precision = op, L, precision
         # A copy only where the last chunk was padded or D > 1; else M already is (B, T, D, n).
@@ -253,7 +291,8 @@ class _ChunkScanMemory(torch.autograd.Function):
         wanted = [i for i, need in enumerate(ctx.needs_input_grad[:3]) if need]
         inputs = [(u, kernel, m0)[i] for i in wanted]
         if kernel is None:
-            kernel = impulse_response(ctx.op.state_matrix[None], ctx.op.input_matrix[None], u.shape[1])[0]
+            A64, B64 = ctx.op.source
+            kernel = impulse_response(A64[None], B64[None], u.shape[1])[0].to(u.dtype)
         out = causal_fft_product(u, kernel[None])
         if m0 is not None:
             out = out + zero_input_response(ctx.op.state_matrix[None], m0, u.shape[1])
@@ -271,8 +310,8 @@ class _ChunkScanMemory(torch.autograd.Function):
         with torch.autocast(grad.device.type, enabled=False):
             G = grad.permute(0, 2, 1, 3).reshape(batch * D, time, n)
             G = _pad_steps(G, blocks * L).reshape(batch * D, blocks, L * n)  # a copy only for a strided grad
-            Y = product(G, op.backward_weight, precision)  # (R, NB, n + L)
-            adjoint = scan_chunks(Y[..., :n], op, precision, reverse=True)  # (R, NB, n): Lambda_q
+            Y = product(G, op.backward_weight, precision, op.memo)  # (R, NB, n + L)
+            adjoint = scan_chunks(Y[..., :n], scan_for(op, blocks), precision, reverse=True)  # (R, NB, n): Lambda_q
             if ctx.needs_input_grad[0]:
                 grad_chunks = Y[..., n:].clone()
                 grad_chunks[:, :-1] += product(adjoint[:, 1:], op.next_response, precision)
@@ -328,7 +367,7 @@ def linear_memory_chunk_scan(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.
     if H is not None and (u.dtype != H.dtype or u.device != H.device):
         raise ValueError(f"u and impulse must share dtype and device; got u {u.dtype} on {u.device}, impulse "
                          f"{H.dtype} on {H.device}")
-    op = cached_operator(A_bar, B_bar, L, math.ceil(time / L), u.dtype)
+    op = cached_operator(A_bar, B_bar, L, u.dtype)
     # m0's term depends on A_bar: when A_bar is trained it goes through autograd outside (the operator is a
     # constant to the autograd node); otherwise the scan starts from m0, at no extra cost.
     m0_outside = m0 is not None and torch.is_grad_enabled() and A_bar.requires_grad
