@@ -3,8 +3,9 @@
 Paths (the memory op alone, batch --batch, one memory dimension, order --order, under torch.no_grad):
 
     fft       ``linear_memory_fft``: every state, (batch, time, 1, order), one FFT convolution.
-    chunk     ``linear_memory_chunk_scan``: every state, by chunks of L steps (``chunk_length``: 128 from 1,024
-              steps) with the state passed by a scan over chunks; linear in the length.
+    chunk     ``linear_memory_chunk_scan``: every state, by chunks of L steps (``chunk_length``: about T / 8
+              within 16 to 128, a divisor of T where one is near) with the state passed by a scan over chunks;
+              linear in the length.
     stream    ``linear_memory_final_chunked``: the last state only, chunks of --chunk steps with the state
               carried between them; its memory should not grow with the length.
     whole     ``linear_memory_final(..., chunk=None)``: the last state as one product with the impulse

@@ -311,8 +311,10 @@ def test_lmu_fft_mode_under_forward_ad_and_torch_func():
 
 
 def test_chunk_length():
-    assert chunk_length(784) == 98 and chunk_length(10) == 10 and chunk_length(100) == 16
-    assert chunk_length(2000) == 128 and chunk_length(100_000) == 128
+    """About T / 8 within [16, 128], a divisor of T nearby where there is one (no padded steps)."""
+    assert chunk_length(784) == 98 and chunk_length(10) == 10 and chunk_length(100) == 20
+    assert chunk_length(2000) == 125 and chunk_length(100_000) == 125 and chunk_length(4096) == 128
+    assert chunk_length(1009) == 127 and chunk_length(37) == 16  # no divisor nearby: the last chunk is padded
 
 
 def test_bad_arguments_are_named():

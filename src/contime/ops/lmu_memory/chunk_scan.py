@@ -53,8 +53,12 @@ DENSE_SCAN_MAX_ENTRIES = 1 << 24
 
 
 def chunk_length(time: int) -> int:
-    """L: about an eighth of the sequence (the scan's matrix stays small), between 16 and 128 steps."""
-    return min(time, max(16, min(128, -(-time // 8))))
+    """L: about an eighth of the sequence (the scan's matrix stays small), between 16 and 128 steps; a divisor of
+    ``time`` within a quarter of that where there is one, so that no step is padded (a padded last chunk costs a
+    copy of the whole memory, and of its gradient)."""
+    target = min(time, max(16, min(128, -(-time // 8))))
+    divisors = [L for L in range(max(16, (3 * target) // 4), min(128, (5 * target) // 4) + 1) if time % L == 0]
+    return min(divisors, key=lambda L: (abs(L - target), -L)) if divisors else target
 
 
 # ------------------------------------------------------------------------------------------- products
