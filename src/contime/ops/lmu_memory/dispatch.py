@@ -41,11 +41,13 @@ def use_chunk_scan(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor | N
     0.66 s at order 256 on this CPU, about the FFT's whole forward and backward), or forward-mode AD or a
     torch.func transform is at work (``common.under_transform``).
 
-    Measured on this project's CPU (one thread, float32, a /tmp script timing both; forward / forward
-    + backward, FFT then chunk scan): the psMNIST shape (batch 100, 784 steps, order 256) 219.7 / 708.2 ms
-    against 219.0 / 416.7 ms; batch 32, 1,000 steps, order 16: 2.5 / 6.3 against 1.9 / 4.5 ms; batch 8, 10,000
-    steps, order 64: 42.7 / 168.0 against 26.5 / 51.0 ms; batch 1, 100,000 steps, order 256: 1,095.5 / 2,092.8
-    against 296.9 / 551.9 ms. On CUDA it is not timed yet, so the FFT stays there.
+    Measured on this project's CPU (one thread, float32, a /tmp script timing both; forward / forward + backward,
+    FFT then chunk scan, ms): batch 32, 1,000 steps, order 16: 5.4 / 10.2 against 2.0 / 4.5; order 64: 14.7 / 28.2
+    against 9.6 / 20.9; batch 8, 10,000 steps, order 64: 65.2 / 204.1 against 22.5 / 48.3; batch 16, 784 steps,
+    order 256, 4 memory dimensions: 144.4 / 565.3 against 165.4 / 300.8 (the forward slower here; faster in an
+    earlier run, 170.2 against 161.4); the psMNIST shape (batch 100, 784 steps, order 256): 224.6 / 713.4 against
+    204.9 / 369.0; batch 1, 100,000 steps, order 256: 1,050.5 / 2,032.7 against 276.2 / 552.4. On CUDA it is
+    not timed yet, so the FFT stays there.
     """
     return (u.device.type == "cpu" and A_bar.shape[0] == 1 and not _wants_grad(A_bar, B_bar, H)
             and not under_transform(u, A_bar, B_bar, m0, H))
