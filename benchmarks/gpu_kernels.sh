@@ -7,23 +7,27 @@
 # The GPU image has torch and triton but not pysiglib/torchcde/nengo; their wheels must be in ./wheels/
 # (git-ignored; carry it): pip download --no-deps -d wheels pysiglib==4.0.0 torchcde==0.2.5 torchsde==0.2.6
 # trampoline==0.1.2 nengo==4.1.0
-# Settings: PYTHON (python3), STEPS (check,sweep,tune,bench,long: which parts run; sweep: the chunk-scan
+# Settings: PYTHON (python3), STEPS (sweep,check,tune,bench,long: which parts run; sweep: the chunk-scan
 # memory's chunk length and precision, benchmarks/chunk_scan_sweep.py), CHECKS (gpu_kernel_check.py's
 # checks, default all), TUNE_ARGS (gpu_kernel_tune.py's parts: cell convolution toeplitz, default all),
 # BENCH_ARGS (bench options; default --precision, the error table), CHECK_S / SWEEP_S / TUNE_S / BENCH_S
 # (time limits).
 #
-# The fused cell's two algorithms against both LSTMs, and the chunk-scan and block-GEMM memories, in two calls
-# back to back (the second within the device's idle window, so that it reuses the first's compiled kernels):
-#   STEPS=check,sweep CHECKS="check_chunk_scan check_convolution_cell check_elman check_lmu_fused_mode"
-#   CHECK_S=280 bash benchmarks/gpu_kernels.sh
-#   STEPS=bench BENCH_S=540 BENCH_ARGS="--paths memory-chunkscan,memory-chunkscan-tf32,memory-chunkscan-tf32x3,
-#   memory-fft,memory-toeplitz-tf32,memory-blockgemm-tf32,lmu-cell-fused,lmu-cell-fused-mixed,lmu-cell-fused-conv,
-#   lmu-cell-fused-conv-tf32,lmu-fused,lmu-fused-conv,lmu-fused-conv-tf32,lmu-fft-elman,lstm,lstm-fp32
-#   --repeat 10 --warmup 2" bash benchmarks/gpu_kernels.sh
+# Next run (15 minutes of device time in all, start-up included; earlier runs were cut at their limits inside
+# Triton's autotuning, which every new process repeats). First call, the measurements that need no autotuning
+# first (the chunk-scan memory: item 1), then the convolution cell's check and the fused cells against both LSTMs
+# (item 2); about 580 s:
+#   STEPS=sweep,check,bench SWEEP_S=90 CHECKS="check_chunk_scan check_convolution_cell" CHECK_S=200 BENCH_S=280
+#   BENCH_ARGS="--paths memory-chunkscan-tf32,memory-chunkscan,memory-chunkscan-tf32x3,memory-fft,
+#   memory-toeplitz-tf32,lmu-cell-fused-conv,lmu-cell-fused-conv-tf32,lmu-cell-fused,lstm,lstm-fp32 --repeat 10
+#   --warmup 2" bash benchmarks/gpu_kernels.sh
+# Second call, if the budget allows (within the 30 s idle window, so the compiled kernels are reused):
+#   STEPS=check,bench CHECKS="check_elman check_lmu_fused_mode" CHECK_S=150 BENCH_S=200 BENCH_ARGS="--paths
+#   lmu-fused,lmu-fused-conv,lmu-fused-conv-tf32,lmu-cell-fused-mixed,lmu-fft-elman,lstm --repeat 10 --warmup 2"
+#   bash benchmarks/gpu_kernels.sh
 set -uo pipefail
 PYTHON=${PYTHON:-python3}
-STEPS=${STEPS:-check,sweep,tune,bench,long}
+STEPS=${STEPS:-sweep,check,tune,bench,long}
 RESULTS=${OUT:-runs/gpu}
 mkdir -p "$RESULTS"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -36,13 +40,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PYTHON" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 step() { [[ ",$STEPS," == *",$1,"* ]]; }
 
+# The chunk-scan sweep first: plain cuBLAS products, nothing to autotune, nothing that can hang.
+step sweep && { echo "== sweep"; timeout "${SWEEP_S:-120}" "$PYTHON" benchmarks/chunk_scan_sweep.py --device cuda | tee "$RESULTS/sweep.jsonl"; }
 if step check; then
     echo "== check"
     timeout "${CHECK_S:-180}" "$PYTHON" benchmarks/gpu_kernel_check.py ${CHECKS:-} | tee "$RESULTS/check.jsonl"
     # A kernel that hangs (a barrier never released) would hang every later step too.
     [ "${PIPESTATUS[0]}" = 124 ] && { echo "check timed out: stopping"; exit 4; }
 fi
-step sweep && { echo "== sweep"; timeout "${SWEEP_S:-120}" "$PYTHON" benchmarks/chunk_scan_sweep.py --device cuda | tee "$RESULTS/sweep.jsonl"; }
 step tune && { echo "== tune"; timeout "${TUNE_S:-150}" "$PYTHON" benchmarks/gpu_kernel_tune.py ${TUNE_ARGS:-} | tee "$RESULTS/tune.jsonl"; }
 step bench && { echo "== bench"; timeout "${BENCH_S:-220}" "$PYTHON" -c "from contime.cli import app; app()" bench --device cuda --out "$RESULTS/bench.jsonl" ${BENCH_ARGS---precision} \
     | tee "$RESULTS/bench.txt"; }
