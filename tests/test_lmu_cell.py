@@ -205,3 +205,24 @@ def test_outputs_can_be_modified_in_place():
     state.memory.mul_(2)
     (y.sum() + state.memory.sum()).backward()
     assert lmu.hidden_cell.weight_hh.grad.abs().sum() > 0
+
+
+def test_group_sizes_respect_an_mps_share_of_the_sms(monkeypatch):
+    """The members of a group wait for each other at a barrier, so the launch never asks for more programs than
+    the SMs this process may hold at once: under MPS with CUDA_MPS_ACTIVE_THREAD_PERCENTAGE, that share."""
+    from types import SimpleNamespace
+
+    from contime.ops.lmu_cell import core_triton
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
+    monkeypatch.setattr(core_triton, "interpreting", lambda: False)
+    cuda = torch.device("cuda")
+    monkeypatch.delenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", raising=False)
+    assert core_triton.available_sms(cuda) == 132
+    assert core_triton._group_size(100, 256, 16, cuda) == 16  # 7 groups of 16 members: 112 programs
+    monkeypatch.setenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "25")
+    assert core_triton.available_sms(cuda) == 33
+    assert core_triton._group_size(100, 256, 16, cuda) == 4  # 7 groups of 4: 28 programs <= 33
+    widths = core_triton._resident_widths(100, 256, 212, cuda)
+    assert widths and all(7 * -(-256 // n) <= 33 for n in widths), widths
+    monkeypatch.setenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "not a number")
+    assert core_triton.available_sms(cuda) == 132

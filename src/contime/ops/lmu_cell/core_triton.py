@@ -36,6 +36,8 @@ with SPLIT = 1, where the barrier never waits), which is how the tests check the
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -355,6 +357,20 @@ def _dummy(like: torch.Tensor) -> torch.Tensor:
     return like.new_zeros(1)
 
 
+def available_sms(device: torch.device) -> int:
+    """The SMs this process can hold programs on at once: all of the device's, or under MPS with
+    ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` that share of them (the device still reports all, and a group whose
+    members cannot all be resident would wait forever at its barrier)."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    share = os.environ.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")
+    if share:
+        try:
+            sms = max(1, int(sms * min(float(share), 100.0) / 100.0))
+        except ValueError:
+            pass  # not a number: CUDA ignores it too
+    return sms
+
+
 def _group_size(batch: int, columns: int, block_n: int, device: torch.device) -> int:
     """Programs per group of BLOCK_B sequences: one per chunk of ``block_n`` columns of the widest state, but
     never more programs than SMs (members of a group wait for each other, so all must be resident at once);
@@ -362,8 +378,7 @@ def _group_size(batch: int, columns: int, block_n: int, device: torch.device) ->
     if interpreting() or device.type != "cuda":
         return 1
     groups = triton.cdiv(batch, BLOCK_B)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(triton.cdiv(columns, block_n), sms // groups))
+    return max(1, min(triton.cdiv(columns, block_n), available_sms(device) // groups))
 
 
 _TUNED: dict = {}
@@ -379,7 +394,7 @@ def _resident_widths(batch: int, N: int, hidden: int, device: torch.device) -> l
     if interpreting() or device.type != "cuda":
         return [max(NP, HP)]
     groups = triton.cdiv(batch, BLOCK_B)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = available_sms(device)
     return [n for n, _ in RESIDENT_CONFIGS if groups * triton.cdiv(max(N, hidden), n) <= sms]
 
 
