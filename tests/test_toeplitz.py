@@ -86,6 +86,40 @@ def test_dispatch_takes_the_chunk_scan_on_the_cpu(monkeypatch):
     assert calls == ["chunk", "fft", "fft"]
 
 
+def test_cpu_projection_by_chunks_equals_the_fft(monkeypatch):
+    """A small order against the outputs: the CPU forms m by chunk scan and projects it; outputs and the
+    gradients of u, W and m0 equal the projected FFT's in float64."""
+    calls = []
+    chunk = dispatch.linear_memory_chunk_scan
+    monkeypatch.setattr(dispatch, "linear_memory_chunk_scan", lambda *a, **k: calls.append(1) or chunk(*a, **k))
+    A, B = system(6, 20)
+    u = torch.randn(3, 40, 1, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(9, 1, 6, dtype=torch.float64, requires_grad=True)
+    m0 = torch.randn(3, 1, 6, dtype=torch.float64, requires_grad=True)
+    assert dispatch.projects_by_chunks(u, A, B, weight, m0, None)
+    got = dispatch.causal_projection(u, A, B, weight, m0, None)
+    ref = projected_memory_fft(u, A, B, weight, m0)
+    probe = torch.randn_like(ref)
+    grads = torch.autograd.grad((got * probe).sum(), [u, weight, m0])
+    ref_grads = torch.autograd.grad((ref * probe).sum(), [u, weight, m0])
+    assert calls == [1]
+    torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-10)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+def test_cpu_projection_keeps_the_fft_for_a_large_order():
+    """The psMNIST shape (order 256, 212 outputs, 784 steps: score 64) and several memory dimensions keep the FFT;
+    order 64 with the same outputs (score 11) takes the chunk scan."""
+    A = torch.zeros(1, 256, 256)
+    B = torch.zeros(1, 256)
+    u = torch.zeros(2, 784, 1)
+    assert not dispatch.projects_by_chunks(u, A, B, torch.zeros(212, 1, 256), None, None)
+    assert not dispatch.projects_by_chunks(torch.zeros(2, 784, 2), A[:, :64, :64], B[:, :64],
+                                           torch.zeros(212, 2, 64), None, None)
+    assert dispatch.projects_by_chunks(u, A[:, :64, :64], B[:, :64], torch.zeros(212, 1, 64), None, None)
+
+
 def test_projection_through_the_toeplitz_kernel(monkeypatch):
     """The folded projection W m_t, computed as a Toeplitz product with W H_s, equals the FFT path."""
     monkeypatch.setattr(dispatch, "use_triton_memory", lambda *args, **kwargs: True)
