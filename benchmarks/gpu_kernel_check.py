@@ -44,26 +44,39 @@ def bound_for(precision):
     return {"ieee": 1e-5, "tf32x3": 1e-5, "tf32": 1e-2, "mixed": 1e-2}[precision]
 
 
+def compare(check, inputs64, reference, candidate, names, precisions, scale=1.0):
+    """``reference(*leaves)`` in float64 against ``candidate(precision, *leaves)`` in float32 on the GPU, both
+    returning a tuple of outputs: every output and the gradient of every input (``inputs64``) for random
+    output weights, reported under ``names`` (outputs first), bound ``bound_for(precision) * scale``."""
+    leaves64 = [t.clone().requires_grad_() for t in inputs64]
+    outputs = reference(*leaves64)
+    weights = [torch.randn_like(o) for o in outputs]
+    ref = [*outputs, *torch.autograd.grad(sum((o * w).sum() for o, w in zip(outputs, weights)), leaves64)]
+    for precision in precisions:
+        leaves = [t.float().cuda().requires_grad_() for t in inputs64]
+        outputs = candidate(precision, *leaves)
+        loss = sum((o * w.float().cuda()).sum() for o, w in zip(outputs, weights))
+        got = [*outputs, *torch.autograd.grad(loss, leaves)]
+        for name, a, b in zip(names, got, ref):
+            report(check, precision, name, a.detach(), b.detach(), bound_for(precision) * scale)
+
+
+def legt(n, theta=784.0):
+    """A_bar ``(1, n, n)``, B_bar ``(1, n)`` of the LegT memory (zoh, dt = 1), float64."""
+    return discretize(n, torch.tensor([theta], dtype=torch.float64), 1.0, "zoh")
+
+
 def check_cell(time=64, batch=100, n=256, hidden=212):
     torch.manual_seed(1)
     scale = 0.05
     shapes = [(time, batch, 1), (time, batch, hidden), (n, n), (1, n), (hidden, 1), (n, 1), (n, hidden),
               (hidden, hidden), (batch, n), (batch, hidden)]
     args64 = [torch.randn(s, dtype=torch.float64) * scale for s in shapes]
-    A, B = discretize(n, torch.tensor([784.0], dtype=torch.float64), 1.0, "zoh")
+    A, B = legt(n)
     args64[2], args64[3] = A[0].t().clone(), B.clone()
-    leaves64 = [a.clone().requires_grad_() for a in args64]
-    hs, ms = lmu_cell_naive(*leaves64)
-    g_h, g_m = torch.randn_like(hs), torch.randn_like(ms)
-    ref = [hs, ms, *torch.autograd.grad((hs * g_h).sum() + (ms * g_m).sum(), leaves64)]
-    names = ["hs", "ms", "ux", "xh", "A_T", "Bm", "E_h", "E_m", "W_m", "W_h", "m0", "h0"]
-    for precision in RECURRENT_PRECISIONS:
-        leaves = [a.float().cuda().requires_grad_() for a in args64]
-        hs, ms = lmu_cell_sequence(*leaves, backend="triton", precision=precision)
-        got = [hs, ms, *torch.autograd.grad((hs * g_h.float().cuda()).sum() + (ms * g_m.float().cuda()).sum(),
-                                            leaves)]
-        for name, a, b in zip(names, got, ref):
-            report("fused-cell", precision, name, a.detach(), b.detach(), bound_for(precision))
+    compare("fused-cell", args64, lmu_cell_naive,
+            lambda precision, *leaves: lmu_cell_sequence(*leaves, backend="triton", precision=precision),
+            ["hs", "ms", "ux", "xh", "A_T", "Bm", "E_h", "E_m", "W_m", "W_h", "m0", "h0"], RECURRENT_PRECISIONS)
 
 
 def check_convolution_cell(time=64, batch=100, n=256, hidden=212):
@@ -72,28 +85,22 @@ def check_convolution_cell(time=64, batch=100, n=256, hidden=212):
     torch.manual_seed(5)
     scale = 0.05
     shapes = [(time, batch, 1), (time, batch, hidden), (hidden, 1), (n, hidden), (hidden, hidden), (batch, hidden)]
-    ux, xh, E_h, W_m, W_h, h0 = [torch.randn(s, dtype=torch.float64) * scale for s in shapes]
-    A, B = discretize(n, torch.tensor([784.0], dtype=torch.float64), 1.0, "zoh")
+    inputs = [torch.randn(s, dtype=torch.float64) * scale for s in shapes]  # ux, xh, E_h, W_m, W_h, h0
+    A, B = legt(n)
     A_T, Bm = A[0].t().contiguous(), B.clone()
     H = impulse_response(A, B, time)[0]  # (T, n): H_j = Bm A_T^j
-    leaves64 = [t.clone().requires_grad_() for t in (ux, xh, E_h, W_m, W_h, h0)]
-    l_ux, l_xh, l_E_h, l_W_m, l_W_h, l_h0 = leaves64
-    hs, ms = lmu_cell_naive(l_ux, l_xh, A_T, Bm, l_E_h, None, l_W_m, l_W_h, torch.zeros(batch, n, dtype=torch.float64),
-                            l_h0)
-    g_h, g_m = torch.randn_like(hs), torch.randn_like(ms)
-    ref = [hs, ms, *torch.autograd.grad((hs * g_h).sum() + (ms * g_m).sum(), leaves64)]
-    names = ["hs", "ms", "ux", "xh", "E_h", "W_m", "W_h", "h0"]
-    for precision in CONVOLUTION_PRECISIONS:
-        leaves = [t.float().cuda().requires_grad_() for t in (ux, xh, E_h, W_m, W_h, h0)]
-        c_ux, c_xh, c_E_h, c_W_m, c_W_h, c_h0 = leaves
+    zeros = torch.zeros(batch, n, dtype=torch.float64)
+
+    def reference(ux, xh, E_h, W_m, W_h, h0):
+        return lmu_cell_naive(ux, xh, A_T, Bm, E_h, None, W_m, W_h, zeros, h0)
+
+    def candidate(precision, ux, xh, E_h, W_m, W_h, h0):
         Hc = H.float().cuda()
-        hs, us = lmu_cell_convolution(c_ux, c_xh, Hc, c_E_h, c_W_m, c_W_h, c_h0, backend="triton",
-                                      precision=precision)
-        ms = causal_toeplitz(us.transpose(0, 1).contiguous(), Hc, "ieee")[:, :, 0].transpose(0, 1)
-        got = [hs, ms, *torch.autograd.grad((hs * g_h.float().cuda()).sum() + (ms * g_m.float().cuda()).sum(),
-                                            leaves)]
-        for name, a, b in zip(names, got, ref):
-            report("convolution-cell", precision, name, a.detach(), b.detach(), bound_for(precision))
+        hs, us = lmu_cell_convolution(ux, xh, Hc, E_h, W_m, W_h, h0, backend="triton", precision=precision)
+        return hs, causal_toeplitz(us.transpose(0, 1).contiguous(), Hc, "ieee")[:, :, 0].transpose(0, 1)
+
+    compare("convolution-cell", inputs, reference, candidate, ["hs", "ms", "ux", "xh", "E_h", "W_m", "W_h", "h0"],
+            CONVOLUTION_PRECISIONS)
 
 
 def check_elman(time=784, batch=100, hidden=212):
@@ -102,16 +109,9 @@ def check_elman(time=784, batch=100, hidden=212):
     projected = torch.randn(time, batch, hidden, dtype=torch.float64) * 0.5
     weight = torch.randn(hidden, hidden, dtype=torch.float64) * 0.9 / hidden ** 0.5
     h0 = torch.randn(batch, hidden, dtype=torch.float64) * 0.5
-    leaves64 = [t.clone().requires_grad_() for t in (projected, weight, h0)]
-    hs = elman_recurrence(*leaves64, backend="torch")
-    g = torch.randn_like(hs)
-    ref = [hs, *torch.autograd.grad((hs * g).sum(), leaves64)]
-    for precision in ("ieee", "tf32"):
-        leaves = [t.float().cuda().requires_grad_() for t in (projected, weight, h0)]
-        hs = persistent_elman(*leaves, precision=precision)
-        got = [hs, *torch.autograd.grad((hs * g.float().cuda()).sum(), leaves)]
-        for name, a, b in zip(["hs", "projected", "weight_hh", "h0"], got, ref):
-            report("elman-784", precision, name, a.detach(), b.detach(), bound_for(precision) * 10)
+    compare("elman-784", [projected, weight, h0], lambda *leaves: (elman_recurrence(*leaves, backend="torch"),),
+            lambda precision, *leaves: (persistent_elman(*leaves, precision=precision),),
+            ["hs", "projected", "weight_hh", "h0"], ("ieee", "tf32"), scale=10)
 
 
 def check_lmu_fused_mode(time=784, batch=100, n=256, hidden=212):
@@ -136,37 +136,25 @@ def check_lmu_fused_mode(time=784, batch=100, n=256, hidden=212):
 
 def check_toeplitz(time=784, batch=100, n=256):
     torch.manual_seed(3)
-    A, B = discretize(n, torch.tensor([784.0], dtype=torch.float64), 1.0, "zoh")
+    A, B = legt(n)
     H = impulse_response(A, B, time)
-    u64 = torch.randn(batch, time, 1, dtype=torch.float64, requires_grad=True)
-    m64 = linear_memory_fft(u64, A, B, impulse=H)
-    g = torch.randn_like(m64)
-    gu64, = torch.autograd.grad(m64, u64, g)
-    for precision in PRECISIONS:
-        u = u64.detach().float().cuda().requires_grad_()
-        m = causal_toeplitz(u, H[0].float().cuda(), precision)
-        gu, = torch.autograd.grad(m, u, g.float().cuda())
-        report("toeplitz-memory", precision, "m", m.detach(), m64.detach(), bound_for(precision))
-        report("toeplitz-memory", precision, "grad_u", gu, gu64, bound_for(precision))
+    compare("toeplitz-memory", [torch.randn(batch, time, 1, dtype=torch.float64)],
+            lambda u: (linear_memory_fft(u, A, B, impulse=H),),
+            lambda precision, u: (causal_toeplitz(u, H[0].float().cuda(), precision),), ["m", "grad_u"], PRECISIONS)
 
 
 def check_chunk_scan(time=784, batch=100, n=256):
-    """The chunk-scan memory (cuBLAS products, no Triton) in each precision, outputs and grad u, with m0."""
+    """The chunk-scan memory (cuBLAS products, no Triton) in each precision, outputs and grad u, with m0; given
+    the float64 matrices, as the LMU gives them."""
     from contime.ops.lmu_memory.chunk_scan import PRECISIONS as CHUNK_PRECISIONS, linear_memory_chunk_scan
     torch.manual_seed(5)
-    A, B = discretize(n, torch.tensor([784.0], dtype=torch.float64), 1.0, "zoh")
-    u64 = torch.randn(batch, time, 1, dtype=torch.float64, requires_grad=True)
+    A, B = legt(n)
     m0 = torch.randn(batch, 1, n, dtype=torch.float64) * 0.1
-    m64 = linear_memory_fft(u64, A, B, m0)
-    g = torch.randn_like(m64)
-    gu64, = torch.autograd.grad(m64, u64, g)
-    A32, B32 = A.float().cuda(), B.float().cuda()
-    for precision in CHUNK_PRECISIONS:
-        u = u64.detach().float().cuda().requires_grad_()
-        m = linear_memory_chunk_scan(u, A32, B32, m0.float().cuda(), precision=precision)
-        gu, = torch.autograd.grad(m, u, g.float().cuda())
-        report("chunk-scan-memory", precision, "m", m.detach(), m64.detach(), bound_for(precision))
-        report("chunk-scan-memory", precision, "grad_u", gu, gu64, bound_for(precision))
+    A_gpu, B_gpu, m0_gpu = A.cuda(), B.cuda(), m0.float().cuda()
+    compare("chunk-scan-memory", [torch.randn(batch, time, 1, dtype=torch.float64)],
+            lambda u: (linear_memory_fft(u, A, B, m0),),
+            lambda precision, u: (linear_memory_chunk_scan(u, A_gpu, B_gpu, m0_gpu, precision=precision),),
+            ["m", "grad_u"], CHUNK_PRECISIONS)
 
 
 def check_lmu_projected(time=784, batch=100, n=256, hidden=212):

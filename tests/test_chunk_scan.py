@@ -10,11 +10,7 @@ from contime.legendre import discretize, impulse_response
 from contime.ops.lmu_memory import chunk_scan, linear_memory_naive
 from contime.ops.lmu_memory.chunk_scan import (chunk_length, linear_memory_chunk_scan, product, scan_chunks,
                                                split_tf32)
-
-
-def system(order, theta, dtype=torch.float64):
-    A, B = discretize(order, torch.tensor([float(theta)], dtype=torch.float64), 1.0, "zoh")
-    return A.to(dtype), B.to(dtype)
+from memory_reference import assert_equals_the_loop, explicit_toeplitz, system
 
 
 @pytest.fixture(params=["dense", "doubling"])
@@ -36,29 +32,9 @@ def scan_form(request, monkeypatch):
     (1, 1, 1, 4, None),  # one step
 ])
 def test_chunk_scan_memory_equals_the_loop(scan_form, batch, time, dims, order, block):
-    A, B = system(order, time / 2)
-    u = torch.randn(batch, time, dims, dtype=torch.float64, requires_grad=True)
-    H = impulse_response(A, B, time).requires_grad_()
-    m0 = torch.randn(batch, dims, order, dtype=torch.float64, requires_grad=True)
-    m = linear_memory_chunk_scan(u, A, B, m0, impulse=H, block=block)
-    weight = torch.randn_like(m)
-    grads = torch.autograd.grad((m * weight).sum(), [u, H, m0])
-
-    u_ref, m0_ref = u.detach().clone().requires_grad_(), m0.detach().clone().requires_grad_()
-    ref = linear_memory_naive(u_ref, A, B, m0_ref)
-    ref_grads = torch.autograd.grad((ref * weight).sum(), [u_ref, m0_ref])
-    # d/dH of the same sum without m0, by autograd through the loop's powers: the loop with the kernel as
-    # a parameter is sum_j u_{t-j} H_j, so differentiate that directly.
-    H_ref = H.detach().clone().requires_grad_()
-    lags = torch.arange(time)[:, None] - torch.arange(time)[None, :]  # [t, j]: lag t - j
-    toeplitz = torch.where((lags >= 0)[..., None], H_ref[0][lags.clamp(min=0)], 0.0)  # (t, j, n)
-    ref_H, = torch.autograd.grad((torch.einsum("tjn,bjd->btdn", toeplitz, u.detach()) * weight).sum(), H_ref)
-    assert m.shape == ref.shape and m.is_contiguous()
     # Measured on this CPU (a /tmp script, every case and both scans): at most 2.6e-14 absolute.
-    torch.testing.assert_close(m, ref, atol=1e-12, rtol=1e-10)
-    torch.testing.assert_close(grads[0], ref_grads[0], atol=1e-12, rtol=1e-10)
-    torch.testing.assert_close(grads[1], ref_H, atol=1e-11, rtol=1e-10)
-    torch.testing.assert_close(grads[2], ref_grads[1], atol=1e-12, rtol=1e-10)
+    assert_equals_the_loop(lambda u, A, B, m0, H: linear_memory_chunk_scan(u, A, B, m0, impulse=H, block=block),
+                           batch, time, dims, order)
 
 
 def test_a_trained_theta_gets_the_loops_gradient(scan_form):
@@ -277,9 +253,7 @@ def test_second_derivatives_equal_the_loops(scan_form, given_impulse):
 
     def toeplitz_reference(u, m0):
         """sum_j H_{t-j} u_j with H itself as the leaf (plain ops), plus m0's response from the loop."""
-        lags = torch.arange(23)[:, None] - torch.arange(23)[None, :]
-        toeplitz = torch.where((lags >= 0)[..., None], H[0][lags.clamp(min=0)], 0.0)  # (t, j, n)
-        return torch.einsum("tjn,bjd->btdn", toeplitz, u) + linear_memory_naive(torch.zeros_like(u), A, B, m0)
+        return explicit_toeplitz(u, H) + linear_memory_naive(torch.zeros_like(u), A, B, m0)
 
     got = penalty_grads(lambda u, m0: linear_memory_chunk_scan(u, A, B, m0, impulse=H if given_impulse else None,
                                                                 block=4))

@@ -651,10 +651,10 @@ class LMU(nn.Module):
             # Streaming raises A_bar to the chunk length: from the float64 matrices, not their cast (float32,
             # order 64, theta 8,000, 20,000 steps: 1.6e-5 relative error from the cast, 4.6e-7 without it).
             streams = mode == "final" and time > FINAL_CHUNK
-            # The CPU's fft mode may take the chunk scan, which raises A_bar to powers up to its chunk length:
+            # The fft mode's memory may be the chunk scan, which raises A_bar to powers up to its chunk length:
             # from the float64 matrices too (order 128, theta 5,000, 5,000 steps: 5.4e-6 relative error with
             # the cast, 3.8e-7 without; every other consumer there reads A_bar in float64 anyway).
-            wide = streams or (mode == "fft" and x.device.type == "cpu")
+            wide = streams or mode == "fft"
             A_bar, B_bar, H = self._system(x.dtype, length, time_scale, torch.float64 if wide else None)
         input_mask, recurrent_mask = self._dropout_masks(batch, x)
         u_x = self._input_drive(x, input_mask)

@@ -115,15 +115,29 @@ def _check(name: str, x, shape: tuple) -> None:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
 
 
-def check_arguments(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0) -> None:
-    """Every shape must agree exactly: nothing is broadcast."""
+def check_sequences(ux, xh) -> tuple[int, int, int, int]:
+    """(time, batch, D, hidden) of the inputs ux ``(T, B, D)`` and xh ``(T, B, H)``, which must be 3-D with at least
+    one step and one sequence; xh's own shape is checked by the caller against these."""
     for name, x in (("ux", ux), ("xh", xh)):
         if not torch.is_tensor(x) or x.ndim != 3:
             raise ValueError(f"{name} must be a 3-D (time, batch, features) tensor")
     time, batch, D = ux.shape
     if time < 1 or batch < 1:
         raise ValueError(f"ux must have at least one step and one sequence, got shape {tuple(ux.shape)}")
-    hidden = xh.shape[-1]
+    return time, batch, D, xh.shape[-1]
+
+
+def check_same_place(ux, named: dict) -> None:
+    """Every tensor of ``named`` (name -> tensor or None) on ux's device, in ux's dtype."""
+    for name, x in named.items():
+        if x is not None and (x.device != ux.device or x.dtype != ux.dtype):
+            raise ValueError(f"{name} is {x.dtype} on {x.device}, but ux is {ux.dtype} on {ux.device}: all tensors "
+                             "of the fused LMU cell must share one device and one dtype")
+
+
+def check_arguments(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0) -> None:
+    """Every shape must agree exactly: nothing is broadcast."""
+    time, batch, D, hidden = check_sequences(ux, xh)
     N = Bm.shape[-1] if torch.is_tensor(Bm) else -1  # the memory size, D * order
     _check("xh", xh, (time, batch, hidden))
     _check("Bm", Bm, (D, N))
@@ -136,11 +150,7 @@ def check_arguments(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0) -> None:
         _check("E_h", E_h, (hidden, D))
     if E_m is not None:
         _check("E_m", E_m, (N, D))
-    names = ("ux", "xh", "A_T", "Bm", "E_h", "E_m", "W_m", "W_h", "m0", "h0")
-    for name, x in zip(names, (ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0)):
-        if x is not None and (x.device != ux.device or x.dtype != ux.dtype):
-            raise ValueError(f"{name} is {x.dtype} on {x.device}, but ux is {ux.dtype} on {ux.device}: all tensors "
-                             "of the fused LMU cell must share one device and one dtype")
+    check_same_place(ux, dict(xh=xh, A_T=A_T, Bm=Bm, E_h=E_h, E_m=E_m, W_m=W_m, W_h=W_h, m0=m0, h0=h0))
 
 
 def lmu_cell_sequence(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, *, relu: bool = False,

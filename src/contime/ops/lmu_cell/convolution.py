@@ -23,7 +23,8 @@ only the last, with the linear memory ops). The gradient of K is a correlation o
 E_h and W_h one product each over all steps; the caller's autograd takes K's gradient on to W_m, H and theta.
 
 Backends: "torch" (``convolution_torch``: a loop of torch ops, any device) and "triton" (``convolution_triton``:
-one persistent kernel each way). The reference is ``contime.ops.lmu_cell.lmu_cell_naive``, with the memory carried as a state.
+one persistent kernel each way). The reference is ``contime.ops.lmu_cell.lmu_cell_naive``, with the memory
+carried as a state.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from __future__ import annotations
 import torch
 
 from ..lmu_memory.fft import toeplitz_kernel_gradient
-from . import PRECISIONS, _check, core_arguments, core_module, resolve_backend
+from . import PRECISIONS, _check, check_same_place, check_sequences, core_arguments, core_module, resolve_backend
 
 MAX_TIME = 4096  # O(T^2): beyond this the state algorithm (O(T N) per sequence) is the better choice
 
@@ -73,18 +74,12 @@ class _ConvolutionCell(torch.autograd.Function):
 
 def check_arguments(ux, xh, H, E_h, W_m, W_h, h0) -> None:
     """Every shape must agree exactly: nothing is broadcast."""
-    for name, x in (("ux", ux), ("xh", xh)):
-        if not torch.is_tensor(x) or x.ndim != 3:
-            raise ValueError(f"{name} must be a 3-D (time, batch, features) tensor")
-    time, batch, D = ux.shape
-    if time < 1 or batch < 1:
-        raise ValueError(f"ux must have at least one step and one sequence, got shape {tuple(ux.shape)}")
+    time, batch, D, hidden = check_sequences(ux, xh)
     if D != 1:
         raise ValueError(f"the convolution algorithm takes one memory input: ux must be (time, batch, 1), "
                          f"got {tuple(ux.shape)}")
     if time > MAX_TIME:
         raise ValueError(f"the convolution algorithm costs O(T^2): at most {MAX_TIME} steps, got {time}")
-    hidden = xh.shape[-1]
     N = H.shape[-1] if torch.is_tensor(H) else -1
     _check("xh", xh, (time, batch, hidden))
     _check("H", H, (time, N))
@@ -93,10 +88,7 @@ def check_arguments(ux, xh, H, E_h, W_m, W_h, h0) -> None:
     _check("h0", h0, (batch, hidden))
     if E_h is not None:
         _check("E_h", E_h, (hidden, 1))
-    for name, x in zip(("xh", "H", "E_h", "W_m", "W_h", "h0"), (xh, H, E_h, W_m, W_h, h0)):
-        if x is not None and (x.device != ux.device or x.dtype != ux.dtype):
-            raise ValueError(f"{name} is {x.dtype} on {x.device}, but ux is {ux.dtype} on {ux.device}: all tensors "
-                             "of the fused LMU cell must share one device and one dtype")
+    check_same_place(ux, dict(xh=xh, H=H, E_h=E_h, W_m=W_m, W_h=W_h, h0=h0))
 
 
 def lmu_cell_convolution(ux, xh, H, E_h, W_m, W_h, h0, *, relu: bool = False, backend: str = "auto",

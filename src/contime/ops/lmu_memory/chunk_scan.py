@@ -43,7 +43,7 @@ from typing import NamedTuple
 import torch
 
 from ...legendre import impulse_response, power_sequence
-from .common import matmul_precision, under_transform, zero_input_response
+from .common import check_shared_system, matmul_precision, under_transform, zero_input_response
 from .fft import causal_fft_product, toeplitz_kernel_gradient
 
 PRECISIONS = ("ieee", "tf32", "tf32x3")
@@ -345,10 +345,7 @@ def linear_memory_chunk_scan(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if u.ndim != 3:
         raise ValueError(f"u must be (batch, time, D), got shape {tuple(u.shape)}")
-    if A_bar.ndim != 3 or A_bar.shape[0] != 1 or B_bar.shape != (1, A_bar.shape[-1]):
-        raise ValueError(f"linear_memory_chunk_scan needs one shared A_bar (1, n, n) and B_bar (1, n); got "
-                         f"A_bar {tuple(A_bar.shape)}, B_bar {tuple(B_bar.shape)}; use linear_memory_fft for "
-                         "per-dimension theta")
+    check_shared_system("linear_memory_chunk_scan", A_bar, B_bar)
     if under_transform(u, A_bar, B_bar, m0, impulse):
         raise ValueError("linear_memory_chunk_scan has no forward-mode AD or torch.func rule; use "
                          "linear_memory_fft (plain torch ops) there")

@@ -59,14 +59,21 @@ def check_causal_product_operands(u: torch.Tensor, kernel: torch.Tensor) -> None
                          f"{tuple(u.shape)}, kernel {tuple(kernel.shape)}")
 
 
+def check_shared_system(name: str, A_bar: torch.Tensor, B_bar: torch.Tensor) -> None:
+    """Refuse anything but one A_bar ``(1, n, n)`` and B_bar ``(1, n)`` shared by every memory dimension (what
+    the Toeplitz-product paths need); ``name`` is the caller's, for the error."""
+    if A_bar.ndim != 3 or A_bar.shape[0] != 1 or tuple(B_bar.shape) != (1, A_bar.shape[-1]):
+        raise ValueError(f"{name} needs one shared A_bar (1, n, n) and B_bar (1, n) (k = 1); got k = "
+                         f"{A_bar.shape[0]}: A_bar {tuple(A_bar.shape)}, B_bar {tuple(B_bar.shape)}; use "
+                         "linear_memory_fft for per-dimension theta")
+
+
 def memory_from_causal_product(product, name: str, u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tensor,
                                m0: torch.Tensor | None, impulse: torch.Tensor | None) -> torch.Tensor:
     """The memory of every step from a causal Toeplitz product ``product(u, kernel)`` (kernel ``(T, n)``) with
     the shared impulse response, plus what m0 contributes. Shapes as in the package docstring; ``name`` is the
     caller's, for the error when A_bar is not shared (k != 1)."""
-    if A_bar.shape[0] != 1:
-        raise ValueError(f"{name} needs one shared A_bar (k = 1); got k = {A_bar.shape[0]}; use "
-                         "linear_memory_fft for per-dimension theta")
+    check_shared_system(name, A_bar, B_bar)
     time = u.shape[1]
     H = impulse_response(A_bar, B_bar, time) if impulse is None else impulse  # (1, T, n)
     m = product(u, H[0])
