@@ -15,9 +15,9 @@ from contime.bench.precision import precision_rows
 from contime.bench.timing import peak_bytes
 from contime.cli import app
 
-TIMING_KEYS = {"record", "path", "kind", "pass", "ms", "min_ms", "times_ms", "repeat", "ratio_to_lstm", "lstm_ms",
-               "floor_bytes", "floor_ms", "floor_fraction", "peak_bytes", "bandwidth_gbps", "bandwidth_source",
-               "copy_gbps", "device", "device_name", "torch", "shape", "dtype", "git", "timestamp"}
+TIMING_KEYS = {"record", "path", "kind", "pass", "cuda_graph", "ms", "min_ms", "times_ms", "repeat",
+               "ratio_to_lstm", "lstm_ms", "floor_bytes", "floor_ms", "floor_fraction", "peak_bytes", "bandwidth_gbps",
+               "bandwidth_source", "copy_gbps", "device", "device_name", "torch", "shape", "dtype", "git", "timestamp"}
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +136,18 @@ def test_bad_options_name_the_option():
     assert result.exit_code == 2 and "--batch" in result.output
     result = runner.invoke(app, ["bench", "--quick", "--device", "cpu", "--passes", "sideways"])
     assert result.exit_code == 2 and "--passes" in result.output
+    result = runner.invoke(app, ["bench", "--quick", "--device", "cpu", "--cuda-graph"])
+    assert result.exit_code == 2 and "--cuda-graph" in result.output and "CUDA" in result.output
+
+
+def test_cuda_graph_timing_refuses_a_cpu_device():
+    from contime.bench.runner import run_timings
+    from contime.bench.timing import graph_replay
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        graph_replay(lambda: None, "cpu")
+    with pytest.raises(ValueError, match="cuda_graph needs a CUDA device"):
+        run_timings(["memory-fft"], QUICK_SHAPE, torch.device("cpu"), ["forward"], bandwidth_gbps=1.0,
+                    cuda_graph=True)
 
 
 def test_time_call_and_peak_bytes():

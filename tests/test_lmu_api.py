@@ -31,6 +31,23 @@ def test_bad_x(x, error, match):
         small_lmu()(x)
 
 
+def test_value_checks_stand_aside_while_a_cuda_graph_is_captured(monkeypatch):
+    """A check that reads values on the host would abort a CUDA graph's capture: can_read_values says no on a CUDA
+    tensor during capture (faked here), and the LMU then skips its NaN check instead of synchronizing."""
+    from contime import legendre
+
+    class CudaLike:
+        is_cuda = True
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    assert legendre.can_read_values(torch.zeros(1)) and legendre.can_read_values(CudaLike())
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert not legendre.can_read_values(CudaLike())
+    assert legendre.can_read_values(torch.zeros(1))  # a CPU tensor is never part of a capture
+    nan = torch.tensor([[[0.0, float("nan")]]])
+    monkeypatch.setattr(contime.lmu, "can_read_values", lambda tensor: False)
+    assert torch.isnan(small_lmu()(nan)[0]).any()  # no error: the check stood aside
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(theta=0.0), "theta must be finite and > 0"),
     (dict(theta=-3.0), "theta must be finite and > 0"),

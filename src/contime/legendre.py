@@ -46,6 +46,15 @@ def legt_matrices(order: int) -> tuple[torch.Tensor, torch.Tensor]:
     return A, B
 
 
+def can_read_values(tensor: torch.Tensor) -> bool:
+    """Whether a check may read ``tensor``'s values on the host: not while torch.compile traces (the read would
+    break its graph) nor while a CUDA graph is captured on the tensor's device (a host synchronization aborts
+    the capture). The checks skipped then only guard against bad input; nothing computed depends on them."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (tensor.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 def _as_theta(theta) -> torch.Tensor:
     theta = torch.as_tensor(theta, dtype=torch.float64) if not torch.is_tensor(theta) else theta
     if theta.ndim == 0:
@@ -54,7 +63,7 @@ def _as_theta(theta) -> torch.Tensor:
         raise ValueError(f"theta must be a scalar or a 1-D tensor, got shape {tuple(theta.shape)}")
     if not torch.is_floating_point(theta):
         theta = theta.to(torch.float64)
-    if torch.compiler.is_compiling():
+    if not can_read_values(theta):
         return theta
     if not bool(torch.all(theta.detach() > 0)):
         raise ValueError(f"theta must be > 0, got {theta.detach().cpu().tolist()}")
@@ -165,7 +174,7 @@ def discretize_steps(order: int, theta, dt: torch.Tensor,
         raise ValueError("dt must not be empty")
     theta = _as_theta(theta)
     dt = dt.to(device=theta.device, dtype=theta.dtype)
-    if not torch.compiler.is_compiling() and not bool(torch.all(torch.isfinite(dt.detach()) & (dt.detach() > 0))):
+    if can_read_values(dt) and not bool(torch.all(torch.isfinite(dt.detach()) & (dt.detach() > 0))):
         raise ValueError("dt must be finite and > 0")
     if dt.requires_grad:
         values, inverse = dt.reshape(-1), torch.arange(dt.numel(), device=dt.device).reshape(dt.shape)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import hidden as hidden_ops
-from .legendre import DISCRETIZERS, discretize, discretize_steps, impulse_response
+from .legendre import DISCRETIZERS, can_read_values, discretize, discretize_steps, impulse_response
 from .ops.lmu_memory import (
     apply_step_matrices,
     linear_memory_conv,
@@ -318,8 +318,8 @@ class LMU(nn.Module):
                              f"got {x.shape[-1]}")
         if x.numel() == 0:
             raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
-        # Data-dependent check: skipped while tracing for torch.compile, where it would split the graph.
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+        # Data-dependent check: skipped while torch.compile traces or a CUDA graph is captured (can_read_values).
+        if can_read_values(x) and not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains NaN or Inf")
 
     @staticmethod
@@ -331,7 +331,7 @@ class LMU(nn.Module):
             raise TypeError(f"lengths must hold integers, got {lengths.dtype}")
         if lengths.shape != (batch,):
             raise ValueError(f"lengths must have shape (batch,)=({batch},), got {tuple(lengths.shape)}")
-        if not torch.compiler.is_compiling() and not bool(((lengths >= 1) & (lengths <= time)).all()):
+        if can_read_values(lengths) and not bool(((lengths >= 1) & (lengths <= time)).all()):
             raise ValueError(f"lengths must lie in [1, time={time}], got {lengths.tolist()}")
         return lengths.long()
 
@@ -358,7 +358,7 @@ class LMU(nn.Module):
         dt = dt.to(like.device)
         if valid is not None:
             dt = torch.where(valid, dt, dt[:, :1])
-        if not torch.compiler.is_compiling() and not bool(torch.all(torch.isfinite(dt) & (dt > 0))):
+        if can_read_values(dt) and not bool(torch.all(torch.isfinite(dt) & (dt > 0))):
             raise ValueError("dt must be finite and > 0 at every (unpadded) step")
         return dt
 
@@ -367,6 +367,8 @@ class LMU(nn.Module):
         """The common value if every entry of dt is the same (and dt needs no gradient), else None."""
         if dt.requires_grad and torch.is_grad_enabled():
             return None  # the uniform path would not pass a gradient back to each entry of dt
+        if dt.is_cuda and torch.cuda.is_current_stream_capturing():
+            return None  # reading the values would abort a CUDA graph's capture; the general path is exact too
         first = dt.reshape(-1)[0]
         return float(first) if bool((dt == first).all()) else None
 

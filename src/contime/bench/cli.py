@@ -4,6 +4,7 @@
     contime bench --quick                         a tiny shape, two repeats: seconds on a CPU
     contime bench --paths memory-fft,lmu-fft,lstm --passes forward
     contime bench --quick --precision             also the error table of float32 and autocast against float64
+    contime bench --device cuda --cuda-graph      each pass timed as a CUDA graph replay (no host launch gaps)
 
 Each (path, pass) is one table row and one JSON line appended to ``--out``; ``--precision`` adds one line per
 (path, precision). "backward" times forward + backward together.
@@ -109,6 +110,9 @@ def bench(
                                    help="Also measure each memory and cell path's error in float32 and under autocast "
                                         "(bfloat16; float16 on CUDA) against float64."),
     no_memory: bool = typer.Option(False, "--no-memory", help="Skip the peak-memory call."),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph",
+                                    help="Time each pass as replays of one CUDA graph, captured after the warm-up: the "
+                                         "GPU's own time, without the host's launch gaps (CUDA only)."),
     quick: bool = typer.Option(False, "--quick", help="Tiny shape and 2 repeats: seconds on a CPU."),
 ) -> None:
     """Milliseconds of each LMU path, its ratio to nn.LSTM (cuDNN on CUDA) and its fraction of the bandwidth floor."""
@@ -131,6 +135,9 @@ def bench(
         target = resolve_device(device)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--device")
+    if cuda_graph and target.type != "cuda":
+        raise typer.BadParameter(f"CUDA graphs need a CUDA device, got --device {device} ({target})",
+                                 param_hint="--cuda-graph")
 
     meta = run_metadata(target, shape.as_dict(), torch.float32)
     bw = resolve_bandwidth(target, bandwidth, QUICK_COPY_BYTES if quick else None)
@@ -144,8 +151,10 @@ def bench(
         console.print(f"  {row['path']:<16} {row['pass']:<9} {text}", highlight=False)
 
     rows = run_timings(names, shape, target, pass_names, warmup=warmup, repeat=repeat, budget_s=budget,
-                       bandwidth_gbps=bw["bandwidth_gbps"], measure_memory=not no_memory, progress=progress)
-    console.print(timing_table(rows, f"{meta['device_name']}, float32, median of up to {repeat} calls; "
+                       bandwidth_gbps=bw["bandwidth_gbps"], measure_memory=not no_memory, cuda_graph=cuda_graph,
+                       progress=progress)
+    calls = "CUDA graph replays" if cuda_graph else "calls"
+    console.print(timing_table(rows, f"{meta['device_name']}, float32, median of up to {repeat} {calls}; "
                                      f"x LSTM = ms / lstm ms (same pass); floor at {bw['bandwidth_gbps']:.0f} GB/s"))
     if target.type == "cpu" and meta.get("loadavg", 0) > 0.5:
         console.print(f"note: load average {meta['loadavg']:.2f} before the run; other work shares this CPU")

@@ -18,7 +18,7 @@ import torch
 from .bandwidth import floor_ms, measure_copy_bandwidth, nominal_bandwidth_gbps
 from .paths import PATHS, REFERENCE_PATH, BenchShape, PathUnavailable, build_case
 from .record import device_name
-from .timing import peak_bytes, time_call
+from .timing import graph_replay, peak_bytes, time_call
 
 
 def resolve_bandwidth(device: torch.device, option_gbps: float | None, copy_bytes: int | None = None) -> dict[str, Any]:
@@ -59,14 +59,18 @@ def _first_line(err: BaseException) -> str:
 
 def run_timings(names: Iterable[str], shape: BenchShape, device: torch.device, passes: Iterable[str], *,
                 warmup: int = 1, repeat: int = 5, budget_s: float | None = None, bandwidth_gbps: float,
-                measure_memory: bool = True, dtype: torch.dtype = torch.float32,
+                measure_memory: bool = True, dtype: torch.dtype = torch.float32, cuda_graph: bool = False,
                 progress: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """One row per (path, pass), in the order of ``names`` then ``passes``.
 
     A path whose builder raises ``PathUnavailable`` gets rows with ``skipped`` (the reason); one that fails while
     running (out of memory, an unsupported op) gets rows with ``error``. Both have ``ms`` None.
-    ``progress`` is called with each row as it is measured.
+    ``progress`` is called with each row as it is measured. ``cuda_graph``: time replays of each pass captured
+    in a CUDA graph (``graph_replay``: the GPU's time without the host's launch gaps; CUDA only); peak memory
+    is still that of a plain call.
     """
+    if cuda_graph and device.type != "cuda":
+        raise ValueError(f"cuda_graph needs a CUDA device, got {device}")
     passes = list(passes)
     rows: list[dict[str, Any]] = []
     for name in names:
@@ -94,14 +98,17 @@ def run_timings(names: Iterable[str], shape: BenchShape, device: torch.device, p
                 row.update(case.info)
                 try:
                     fn = case.pass_fn(pass_name, grad)
-                    timing = time_call(fn, device, warmup=warmup, repeat=repeat, budget_s=budget_s)
+                    timed = graph_replay(fn, device, warmup) if cuda_graph else fn
+                    timing = time_call(timed, device, warmup=warmup, repeat=repeat, budget_s=budget_s)
+                    del timed  # a graph holds the memory of its captured call
                     memory = peak_bytes(fn, device) if measure_memory else None
                 except Exception as err:  # noqa: BLE001
                     row["error"] = _first_line(err)
                 else:
                     floor_bytes = None if case.floor_bytes is None else case.floor_bytes.get(pass_name)
                     floor = floor_ms(floor_bytes, bandwidth_gbps)
-                    row.update(ms=timing["median_ms"], min_ms=timing["min_ms"], mean_ms=timing["mean_ms"],
+                    row.update(cuda_graph=cuda_graph, ms=timing["median_ms"], min_ms=timing["min_ms"],
+                               mean_ms=timing["mean_ms"],
                                max_ms=timing["max_ms"], times_ms=timing["times_ms"], repeat=timing["repeat"],
                                warmup=timing["warmup"], peak_bytes=memory,
                                peak_mb=None if memory is None else memory / 1e6,

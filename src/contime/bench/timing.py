@@ -2,7 +2,9 @@
 
 CUDA: a pair of ``torch.cuda.Event`` around each call, read after one synchronize at the end, so the host never
 waits between calls and the times are what the GPU spent (launch gaps included). CPU: ``time.perf_counter``.
-The statistic to report is the median; the minimum is kept beside it.
+The statistic to report is the median; the minimum is kept beside it. ``graph_replay`` captures a call in a CUDA
+graph, so that replays time the GPU's work alone: a path of many small kernels is otherwise bound by the host's
+launches (tens of microseconds), not by the GPU.
 
 Peak memory is measured in a separate, untimed call: on CPU the bookkeeping (a dispatch mode that sees every
 tensor, ``contime.training.memory.peak_tensor_bytes``) slows the call down.
@@ -76,6 +78,30 @@ def time_call(fn: Callable[[], Any], device: torch.device | str, warmup: int = 1
     times = _times_ms(fn, device, repeat)
     return {"median_ms": statistics.median(times), "min_ms": min(times), "mean_ms": statistics.fmean(times),
             "max_ms": max(times), "times_ms": times, "repeat": repeat, "warmup": warmup}
+
+
+def graph_replay(fn: Callable[[], Any], device: torch.device | str, warmup: int = 1) -> Callable[[], None]:
+    """``fn`` captured in one CUDA graph; returns the graph's ``replay`` (it keeps the graph, and so the memory
+    of the captured call, alive).
+
+    ``warmup`` calls run first on a side stream, as capture requires: the autotuners, caches, cuFFT plans and
+    the allocator settle there, outside the graph. A call that synchronizes with the host (``.item()``, a copy
+    to the CPU) cannot be captured: torch raises.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
+    with torch.cuda.device(device):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(max(1, int(warmup))):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+    return graph.replay
 
 
 def peak_bytes(fn: Callable[[], Any], device: torch.device | str) -> int:
