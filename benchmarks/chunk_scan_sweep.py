@@ -2,8 +2,10 @@
 
 One JSON line per (precision, L) with the median milliseconds of the forward (no gradient) and of forward +
 backward (the input's gradient), the ratio to the FFT's, the fraction of the write floor (the 80 MB of states
-at ``--bandwidth`` GB/s), and which scan over chunks ran (one dense product or doubling steps). Made for the GPU
-(``gpu_kernels.sh``, step "sweep"); ``--device cpu --quick`` checks it here.
+at ``--bandwidth`` GB/s), and the form of the chunk states (direct or doubling). On CUDA each is also timed as
+replays of a CUDA graph (``*_graph_ms``): the GPU's own time, without the host's launch gaps, which bound a few
+small products at this size. Made for the GPU (``gpu_kernels.sh``, step "sweep"); ``--device cpu --quick``
+checks it here.
 
     python benchmarks/chunk_scan_sweep.py --device cuda
 """
@@ -15,23 +17,26 @@ import json
 
 import torch
 
-from contime.bench.timing import time_call
+from contime.bench.timing import graph_replay, time_call
 from contime.legendre import discretize, impulse_response
 from contime.ops.lmu_memory import chunk_scan, linear_memory_fft
 
 
-def timed(fn, u, grad, device, repeat):
-    """(forward ms, forward + backward ms), medians."""
+def timed(fn, u, grad, device, repeat) -> dict:
+    """Median ms of the forward (no gradient) and of forward + backward; on CUDA also of their graph replays."""
     def forward():
         with torch.no_grad():
             fn(u)
 
     def both():
-        fn(u).backward(grad)
-        u.grad = None
+        torch.autograd.grad(fn(u), u, grad)
 
-    return (time_call(forward, device, warmup=2, repeat=repeat)["median_ms"],
-            time_call(both, device, warmup=2, repeat=repeat)["median_ms"])
+    times = {}
+    for name, call in (("forward", forward), ("forward_backward", both)):
+        times[f"{name}_ms"] = time_call(call, device, warmup=2, repeat=repeat)["median_ms"]
+        if device.type == "cuda":
+            times[f"{name}_graph_ms"] = time_call(graph_replay(call, device, 2), device, repeat=repeat)["median_ms"]
+    return times
 
 
 def main() -> None:
@@ -57,20 +62,20 @@ def main() -> None:
     floor_ms = grad.numel() * 4 / (args.bandwidth * 1e9) * 1e3
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     fft = timed(lambda x: linear_memory_fft(x, A, B, impulse=H), u, grad, device, args.repeat)
-    print(json.dumps({"device": name, "path": "fft", "forward_ms": fft[0], "forward_backward_ms": fft[1],
-                      "floor_ms": floor_ms}), flush=True)
+    print(json.dumps({"device": name, "path": "fft", **fft, "floor_ms": floor_ms}), flush=True)
     for precision in args.precisions.split(","):
         for L in (int(x) for x in args.lengths.split(",")):
             run = lambda x: chunk_scan.linear_memory_chunk_scan(x, A, B, impulse=H, precision=precision,  # noqa: E731
                                                                 block=L)
-            forward, both = timed(run, u, grad, device, args.repeat)
+            times = timed(run, u, grad, device, args.repeat)
             blocks = -(-args.time // min(L, args.time))
-            dense = (blocks * args.order) ** 2 <= chunk_scan.DENSE_SCAN_MAX_ENTRIES
-            print(json.dumps({"device": name, "path": "chunk-scan", "precision": precision, "L": L,
-                              "scan": "dense" if dense else "doubling", "forward_ms": forward,
-                              "forward_backward_ms": both, "forward_vs_fft": forward / fft[0],
-                              "forward_backward_vs_fft": both / fft[1], "forward_floor_fraction": floor_ms / forward,
-                              "forward_backward_floor_fraction": 2 * floor_ms / both}), flush=True)
+            form = ("one chunk" if blocks == 1 else "direct" if chunk_scan.direct_states(blocks, args.order, L)
+                    else "doubling")
+            ratios = {f"{key[:-3]}_vs_fft": value / fft[key] for key, value in times.items()}
+            floors = {f"{key[:-3]}_floor_fraction": floor_ms * (2 if "backward" in key else 1) / value
+                      for key, value in times.items()}
+            print(json.dumps({"device": name, "path": "chunk-scan", "precision": precision, "L": L, "states": form,
+                              **times, **ratios, **floors}), flush=True)
             chunk_scan.clear_cache()  # each L builds its own operator; keep the device's memory flat
 
 

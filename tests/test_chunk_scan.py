@@ -13,10 +13,12 @@ from contime.ops.lmu_memory.chunk_scan import (chunk_length, linear_memory_chunk
 from memory_reference import assert_equals_the_loop, explicit_toeplitz, system
 
 
-@pytest.fixture(params=["dense", "doubling"])
+@pytest.fixture(params=["direct", "doubling"])
 def scan_form(request, monkeypatch):
-    """Run a test with the scan over chunks as one block-triangular product, then as doubling steps."""
-    monkeypatch.setattr(chunk_scan, "DENSE_SCAN_MAX_ENTRIES", 1 << 24 if request.param == "dense" else 0)
+    """Run a test with the chunk states in the direct form wherever there are two chunks or more, then by doubling
+    steps."""
+    direct = request.param == "direct"
+    monkeypatch.setattr(chunk_scan, "direct_states", lambda blocks, n, L: direct and blocks > 1)
     chunk_scan.clear_cache()
     yield request.param
     chunk_scan.clear_cache()
@@ -114,21 +116,47 @@ def test_tf32x3_products_are_near_float32(x_shape, w_shape):
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_the_two_scans_agree(reverse, monkeypatch):
+def test_the_doubling_scan_is_the_recurrence_over_chunks(reverse, monkeypatch):
     A, B = system(5, 11)
     y = torch.randn(3, 13, 5, dtype=torch.float64)
-    dense = chunk_scan.scan_for(chunk_scan.build_operator(A[0], B[0], 4, torch.float64), 13)
-    monkeypatch.setattr(chunk_scan, "DENSE_SCAN_MAX_ENTRIES", 0)
+    monkeypatch.setattr(chunk_scan, "direct_states", lambda blocks, n, L: False)
     doubling = chunk_scan.scan_for(chunk_scan.build_operator(A[0], B[0], 4, torch.float64), 13)
-    assert dense.dense is not None and doubling.dense is None and len(doubling.doubling) == 4
+    assert doubling.starts is None and len(doubling.doubling) == 4
     step = torch.linalg.matrix_power(A[0], 4)
     expected, z = [], torch.zeros(3, 5, dtype=torch.float64)
     for q in (reversed(range(13)) if reverse else range(13)):  # the plain recurrence over chunks
         z = y[:, q] + (z @ step if reverse else z @ step.t())
         expected.append(z)
     expected = torch.stack(expected[::-1] if reverse else expected, dim=1)
-    for scan in (dense, doubling):
-        torch.testing.assert_close(scan_chunks(y, scan, "ieee", reverse=reverse), expected, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(scan_chunks(y, doubling, "ieee", reverse=reverse), expected, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("with_m0", [False, True])
+def test_both_forms_give_the_states_before_each_chunk(with_m0, monkeypatch):
+    """s_{q-1}, the memory after step qL - 1 (m0 before the first chunk), in both forms against the loop."""
+    A, B = system(5, 11)
+    L, blocks = 4, 6
+    u = torch.randn(3, blocks * L, 1, dtype=torch.float64)
+    m0 = torch.randn(3, 1, 5, dtype=torch.float64) if with_m0 else None
+    memory = linear_memory_naive(u, A, B, m0)[:, :, 0]  # (3, T, n)
+    first = torch.zeros(3, 1, 5, dtype=torch.float64) if m0 is None else m0.reshape(3, 1, 5)
+    expected = torch.cat([first, memory[:, L - 1:-1:L]], dim=1)  # (3, NB, n)
+    op = chunk_scan.build_operator(A[0], B[0], L, torch.float64)
+    for direct in (True, False):
+        monkeypatch.setattr(chunk_scan, "direct_states", lambda blocks, n, L: direct)
+        op.scans.clear()
+        scan = chunk_scan.scan_for(op, blocks)
+        assert (scan.starts is not None) == direct
+        got = chunk_scan._chunk_states(u[:, :, 0].reshape(3, blocks, L), m0, op, scan, "ieee")
+        torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10)
+
+
+def test_the_direct_form_is_chosen_for_few_chunks_within_its_size():
+    assert chunk_scan.direct_states(8, 256, 98)  # psMNIST: 1.6 M entries, 16 <= 354
+    assert not chunk_scan.direct_states(1, 256, 98)  # one chunk: no state to pass
+    assert not chunk_scan.direct_states(8000, 256, 125)  # a million steps: doubling
+    assert not chunk_scan.direct_states(64, 16, 16)  # its products would cost twice the memory's own
+    assert not chunk_scan.direct_states(40, 1024, 128)  # 204 M entries
 
 
 @pytest.fixture

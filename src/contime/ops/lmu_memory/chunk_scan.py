@@ -11,9 +11,14 @@ channel):
     M = [S_prev | U_chunks] @ [[P], [K]]            (R NB, n + L) @ (n + L, L n)
     P[c', (tau, c)] = (A^(tau+1))[c, c'],   K[sigma, (tau, c)] = H_{tau-sigma}[c] for sigma <= tau, else 0,
 
-with rows (r, q), r = (sequence, memory dimension). The chunk states come first: e_q = sum_sigma u_{qL+sigma}
-H_{L-1-sigma} (a product with L columns), then s_q = A^L s_{q-1} + e_q, a scan over the NB chunks: one product
-with a block-triangular matrix of powers of A^L while NB n is small, else ceil(log2 NB) doubling steps.
+with rows (r, q), r = (sequence, memory dimension). The chunk states come first, in one of two forms:
+
+- direct (few chunks): s_{q-1} = sum_{s < qL} u_s H_{qL-1-s} (+ m0's term m0 (A^(qL))^T) for every chunk at once,
+  one product of the input (R, (NB - 1) L) by a block-Toeplitz matrix of H ((NB - 1) L, NB n). Each state is
+  then one product with float64-built coefficients, and the forward is three ops instead of six (a scan's small
+  ops cost a GPU launch each, against products of tens of microseconds at the psMNIST shape).
+- doubling (many chunks, where that matrix would be large): e_q = sum_sigma u_{qL+sigma} H_{L-1-sigma} (a product
+  with L columns), then s_q = A^L s_{q-1} + e_q, a scan over the NB chunks in ceil(log2 NB) doubling steps.
 
 Work: R T n (n + L) multiply-adds for the large product, linear in T, against R T^2 n for the block-Toeplitz
 GEMM (``block_gemm``; T / (n + L) = 2.2 times more at the psMNIST shape, L = 98). No value is rounded more
@@ -24,8 +29,10 @@ Backward, with the adjoint lambda_t = sum_{t' >= t} g_{t'} A^(t'-t) (row vectors
     grad u_{qL+sigma} = sum_{tau >= sigma} g_{qL+tau} . H_{tau-sigma}  +  Lambda_{q+1} . H_{L-sigma}.
 
 One product of the gradient's chunks (R NB, L n) by [Q | K^T] (L n, n + L), Q[(tau, c), c'] = (A^tau)[c, c'],
-gives each chunk's own adjoint sum e'_q and the first term; the reverse scan Lambda_q = e'_q + Lambda_{q+1} A^L;
-then a product (R NB, n) by (n, L) for the second term. grad m0 = Lambda_0 A. The gradient of H (a trained theta)
+gives each chunk's own adjoint sum e'_q and the first term. Direct form: the second term is sum_{p > q} e'_p .
+H_{pL-s} for s = qL + sigma, one product of e' (R, (NB - 1) n) by a block-Toeplitz matrix of H, and grad m0 =
+sum_p e'_p A^(pL+1) one more. Doubling form: the reverse scan Lambda_q = e'_q + Lambda_{q+1} A^L, then a product
+(R NB, n) by (n, L) for the second term, and grad m0 = Lambda_0 A. The gradient of H (a trained theta)
 goes through the FFT (``toeplitz_kernel_gradient``), as for the other Toeplitz paths.
 
 ``precision``: "ieee" multiplies in float32; "tf32" lets cuBLAS use TF32 tensor cores (about 1e-3 relative
@@ -47,9 +54,16 @@ from .common import check_shared_system, matmul_precision, under_transform, zero
 from .fft import causal_fft_product, toeplitz_kernel_gradient
 
 PRECISIONS = ("ieee", "tf32", "tf32x3")
-# The scan over chunks is one product with a (NB n, NB n) block-triangular matrix up to this many entries
-# (64 MB in float32); beyond, doubling steps.
-DENSE_SCAN_MAX_ENTRIES = 1 << 24
+# The direct form's largest matrix, ((NB - 1) L, NB n): up to this many entries (32 MB in float32; 1.6 M at the
+# psMNIST shape); beyond, doubling steps.
+DIRECT_MAX_ENTRIES = 1 << 23
+
+
+def direct_states(blocks: int, n: int, L: int) -> bool:
+    """Whether NB = ``blocks`` chunks get their states in the direct form (module docstring): where its matrices
+    stay within DIRECT_MAX_ENTRIES and its products cost at most half of the memory's own, NB n T against
+    T n (n + L) multiply-adds; else by doubling steps."""
+    return blocks > 1 and 2 * blocks <= n + L and (blocks - 1) * L * blocks * n <= DIRECT_MAX_ENTRIES
 
 
 def chunk_length(time: int) -> int:
@@ -103,10 +117,13 @@ def product(x: torch.Tensor, w: torch.Tensor, precision: str, memo: dict | None 
 
 # ------------------------------------------------------------------------------------------- the operator
 class ChunkScan(NamedTuple):
-    """How the states pass over NB chunks: one dense product, or doubling steps."""
+    """How the states pass over NB chunks: the direct form's four matrices, or the doubling form's powers."""
 
-    dense: torch.Tensor | None  # (NB n, NB n): block (p, q) = (A^(L (q-p)))^T for p <= q; None: doubling
-    doubling: tuple[torch.Tensor, ...]  # A^(L 2^k), k = 0, 1, ... while 2^k < NB (when dense is None)
+    starts: torch.Tensor | None  # ((NB - 1) L, NB n): [s, (q, c)] = H_{qL-1-s}[c] for s < qL, else 0
+    earlier: torch.Tensor | None  # ((NB - 1) n, (NB - 1) L): [(p, c), s] = H_{pL-s}[c] for s < pL, p >= 1, else 0
+    from_m0: torch.Tensor | None  # (n, NB n): block q = (A^(qL))^T
+    to_m0: torch.Tensor | None  # (NB n, n): block p = A^(pL+1)
+    doubling: tuple[torch.Tensor, ...]  # A^(L 2^k), k = 0, 1, ... while 2^k < NB (doubling form), else ()
 
 
 class ChunkOperator(NamedTuple):
@@ -141,26 +158,34 @@ def build_operator(A_bar: torch.Tensor, B_bar: torch.Tensor, L: int, dtype: torc
 
 
 def scan_for(op: ChunkOperator, blocks: int) -> ChunkScan:
-    """The operator's ChunkScan for NB = ``blocks`` chunks, built from A^L in float64 on first use (the last
-    four chunk counts are kept)."""
+    """The operator's ChunkScan for NB = ``blocks`` chunks, built in float64 on first use (the last four chunk
+    counts are kept)."""
     if blocks in op.scans:
         op.scans[blocks] = op.scans.pop(blocks)  # most recently used last
         return op.scans[blocks]
-    A = op.source[0]
+    A, B = op.source
     n, L = A.shape[0], op.chunk_end.shape[0]
-    step = torch.linalg.matrix_power(A, L)  # A^L: from one chunk's end to the next
     dtype = op.state_matrix.dtype
-    if (blocks * n) ** 2 <= DENSE_SCAN_MAX_ENTRIES:
+    step = torch.linalg.matrix_power(A, L)  # A^L: from one chunk's end to the next
+    if direct_states(blocks, n, L):
+        H = impulse_response(A[None], B[None], (blocks - 1) * L + 1)[0]  # H_0 .. H_{(NB-1) L}
+        s = torch.arange((blocks - 1) * L, device=A.device)
+        q = torch.arange(blocks, device=A.device)
+        lag = q[None, :] * L - 1 - s[:, None]  # [s, q]
+        starts = torch.where((lag >= 0)[..., None], H[lag.clamp(min=0)], 0.0).reshape(len(s), blocks * n)
+        lag = q[1:, None] * L - s[None, :]  # [p, s], p >= 1
+        earlier = torch.where((lag >= 1)[..., None], H[lag.clamp(min=0)], 0.0)  # [p, s, c]
+        earlier = earlier.permute(0, 2, 1).reshape((blocks - 1) * n, len(s))
         eye = torch.eye(n, dtype=torch.float64, device=A.device)
         chunk_powers = power_sequence(step[None], eye[None], blocks)[0]  # (NB, n, n): (A^L)^0 .. ^(NB-1)
-        gap = torch.arange(blocks, device=A.device)[None, :] - torch.arange(blocks, device=A.device)[:, None]
-        blocks_pq = torch.where((gap >= 0)[..., None, None], chunk_powers[gap.clamp(min=0)].mT, 0.0)  # [p, q, c', c]
-        scan = ChunkScan(blocks_pq.permute(0, 2, 1, 3).reshape(blocks * n, blocks * n).to(dtype), ())
+        from_m0 = chunk_powers.permute(2, 0, 1).reshape(n, blocks * n)  # [c', (q, c)] = (A^(qL))[c, c']
+        to_m0 = (chunk_powers @ A).reshape(blocks * n, n)  # [(p, c'), c] = (A^(pL+1))[c', c]
+        scan = ChunkScan(starts.to(dtype), earlier.to(dtype), from_m0.to(dtype), to_m0.to(dtype), ())
     else:
         squares = [step]
         while 2 ** len(squares) < blocks:
             squares.append(squares[-1] @ squares[-1])
-        scan = ChunkScan(None, tuple(s.to(dtype) for s in squares))
+        scan = ChunkScan(None, None, None, None, tuple(s.to(dtype) for s in squares))
     if len(op.scans) >= 4:
         op.scans.pop(next(iter(op.scans)))  # the least recently used
     op.scans[blocks] = scan
@@ -218,7 +243,8 @@ def clear_cache() -> None:
 
 # ------------------------------------------------------------------------------------------- the scan
 def scan_chunks(y: torch.Tensor, scan: ChunkScan, precision: str, reverse: bool = False) -> torch.Tensor:
-    """z_q = sum_{p <= q} y_p (A^(L (q-p)))^T, or with ``reverse`` z_q = sum_{p >= q} y_p A^(L (p-q)).
+    """z_q = sum_{p <= q} y_p (A^(L (q-p)))^T, or with ``reverse`` z_q = sum_{p >= q} y_p A^(L (p-q)), by the
+    doubling form's ceil(log2 NB) steps.
 
     Args:
         y: ``(R, NB, n)`` row vectors.
@@ -226,10 +252,7 @@ def scan_chunks(y: torch.Tensor, scan: ChunkScan, precision: str, reverse: bool 
     Returns:
         ``(R, NB, n)``.
     """
-    rows, blocks, n = y.shape
-    if scan.dense is not None:
-        matrix = scan.dense.t() if reverse else scan.dense  # the reverse scan's blocks are the forward's, transposed
-        return product(y.reshape(rows, blocks * n), matrix, precision).view(rows, blocks, n)
+    blocks = y.shape[1]
     for k, power in enumerate(scan.doubling):
         shift = 2 ** k
         if shift >= blocks:
@@ -251,6 +274,22 @@ def _pad_steps(x: torch.Tensor, length: int) -> torch.Tensor:
     return torch.cat([x, x.new_zeros(x.shape[0], missing, *x.shape[2:])], dim=1)
 
 
+def _chunk_states(chunks: torch.Tensor, m0: torch.Tensor | None, op: ChunkOperator, scan: ChunkScan,
+                  precision: str) -> torch.Tensor:
+    """s_{q-1}, the memory before each chunk: chunks ``(R, NB, L)`` of the input, m0 ``(batch, D, n)`` or None ->
+    ``(R, NB, n)``, in the scan's form (module docstring)."""
+    rows, blocks, L = chunks.shape
+    n = op.state_matrix.shape[0]
+    if scan.starts is not None:
+        starts = product(chunks.reshape(rows, blocks * L)[:, :-L], scan.starts, precision)  # (R, NB n)
+        if m0 is not None:
+            starts = starts + product(m0.reshape(rows, n), scan.from_m0, precision)
+        return starts.view(rows, blocks, n)
+    ends = product(chunks[:, :-1], op.chunk_end, precision)  # (R, NB - 1, n): e_q
+    first = chunks.new_zeros(rows, 1, n) if m0 is None else m0.reshape(rows, 1, n)
+    return scan_chunks(torch.cat([first, ends], dim=1), scan, precision)
+
+
 class _ChunkScanMemory(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, kernel, m0, op, L, precision):
@@ -262,9 +301,7 @@ class _ChunkScanMemory(torch.autograd.Function):
         rows = u.permute(0, 2, 1).reshape(batch * D, time)
         chunks = _pad_steps(rows, blocks * L).reshape(batch * D, blocks, L)
         with torch.autocast(u.device.type, enabled=False):
-            ends = product(chunks[:, :-1], op.chunk_end, precision)  # (R, NB - 1, n): e_q
-            first = u.new_zeros(batch * D, 1, n) if m0 is None else m0.reshape(batch * D, 1, n)
-            starts = scan_chunks(torch.cat([first, ends], dim=1), scan_for(op, blocks), precision)  # s_{q-1}
+            starts = _chunk_states(chunks, m0, op, scan_for(op, blocks), precision)  # (R, NB, n): s_{q-1}
             M = product(torch.cat([starts, chunks], dim=2), op.forward_weight, precision, op.memo)  # (R, NB, L n)
         ctx.save_for_backward(u, kernel, m0)
         ctx.op, ctx.L, ctx.precision = op, L, precision
@@ -315,13 +352,25 @@ class _ChunkScanMemory(torch.autograd.Function):
             G = grad.permute(0, 2, 1, 3).reshape(batch * D, time, n)
             G = _pad_steps(G, blocks * L).reshape(batch * D, blocks, L * n)  # a copy only for a strided grad
             Y = product(G, op.backward_weight, precision, op.memo)  # (R, NB, n + L)
-            adjoint = scan_chunks(Y[..., :n], scan_for(op, blocks), precision, reverse=True)  # (R, NB, n): Lambda_q
-            if ctx.needs_input_grad[0]:
-                grad_chunks = Y[..., n:].clone()
-                grad_chunks[:, :-1] += product(adjoint[:, 1:], op.next_response, precision)
+            scan = scan_for(op, blocks)
+            if scan.starts is not None:  # the direct form: from each chunk's own adjoint sum e'_p straight on
+                sums = Y[..., :n].reshape(batch * D, blocks * n)
+                if ctx.needs_input_grad[0]:
+                    grad_chunks = Y[..., n:].clone().view(batch * D, blocks * L)
+                    grad_chunks[:, :-L] += product(sums[:, n:], scan.earlier, precision)
+                if ctx.needs_input_grad[2]:
+                    grad_m0 = product(sums, scan.to_m0, precision)
+            else:
+                adjoint = scan_chunks(Y[..., :n], scan, precision, reverse=True)  # (R, NB, n): Lambda_q
+                if ctx.needs_input_grad[0]:
+                    grad_chunks = Y[..., n:].clone()
+                    grad_chunks[:, :-1] += product(adjoint[:, 1:], op.next_response, precision)
+                if ctx.needs_input_grad[2]:
+                    grad_m0 = product(adjoint[:, 0], op.state_matrix, precision)
+            if grad_u is None and ctx.needs_input_grad[0]:
                 grad_u = grad_chunks.view(batch, D, blocks * L)[:, :, :time].transpose(1, 2)
-            if ctx.needs_input_grad[2]:
-                grad_m0 = product(adjoint[:, 0], op.state_matrix, precision).view(batch, D, n)
+            if grad_m0 is not None:
+                grad_m0 = grad_m0.view(batch, D, n)
         return grad_u, grad_m0
 
 
