@@ -15,16 +15,20 @@
 #
 # Next run (15 minutes of device time in all, start-up included; earlier runs were cut at their limits inside
 # Triton's autotuning, which every new process repeats). First call, the measurements that need no autotuning
-# first (the chunk-scan memory: item 1), then the convolution cell's check and the fused cells against both LSTMs
-# (item 2); about 580 s:
-#   STEPS=sweep,check,bench SWEEP_S=90 CHECKS="check_chunk_scan check_convolution_cell" CHECK_S=200 BENCH_S=280
+# first (the chunk-scan memory: item 1; the sweep times eager calls and CUDA graph replays), then the convolution
+# cell's check and the fused cells against both LSTMs (item 2); about 580 s:
+#   STEPS=sweep,check,bench SWEEP_S=110 CHECKS="check_chunk_scan check_convolution_cell" CHECK_S=180 BENCH_S=270
 #   BENCH_ARGS="--paths memory-chunkscan-tf32,memory-chunkscan,memory-chunkscan-tf32x3,memory-fft,
 #   memory-toeplitz-tf32,lmu-cell-fused-conv,lmu-cell-fused-conv-tf32,lmu-cell-fused,lstm,lstm-fp32 --repeat 10
 #   --warmup 2" bash benchmarks/gpu_kernels.sh
-# Second call, if the budget allows (within the 30 s idle window, so the compiled kernels are reused):
-#   STEPS=check,bench CHECKS="check_elman check_lmu_fused_mode" CHECK_S=150 BENCH_S=200 BENCH_ARGS="--paths
+# Second call, if the budget allows (within the 30 s idle window, so the compiled kernels are reused): the same
+# paths as CUDA graph replays (`contime bench --cuda-graph`: the GPU's own time, without the host's launch gaps),
+# about 150 s:
+#   STEPS=bench BENCH_S=150 BENCH_ARGS="--cuda-graph --paths memory-chunkscan-tf32,memory-chunkscan,
+#   memory-chunkscan-tf32x3,memory-fft,memory-toeplitz-tf32,lmu-cell-fused-conv,lmu-cell-fused,lstm --repeat 10
+#   --warmup 2" bash benchmarks/gpu_kernels.sh
+# Later: STEPS=check,bench CHECKS="check_elman check_lmu_fused_mode" CHECK_S=150 BENCH_S=200 BENCH_ARGS="--paths
 #   lmu-fused,lmu-fused-conv,lmu-fused-conv-tf32,lmu-cell-fused-mixed,lmu-fft-elman,lstm --repeat 10 --warmup 2"
-#   bash benchmarks/gpu_kernels.sh
 set -uo pipefail
 PYTHON=${PYTHON:-python3}
 STEPS=${STEPS:-sweep,check,tune,bench,long}
