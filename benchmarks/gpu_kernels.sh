@@ -7,17 +7,18 @@
 # The GPU image has torch and triton but not pysiglib/torchcde/nengo; their wheels must be in ./wheels/
 # (git-ignored; carry it): pip download --no-deps -d wheels pysiglib==4.0.0 torchcde==0.2.5 torchsde==0.2.6
 # trampoline==0.1.2 nengo==4.1.0
-# Settings: PYTHON (python3), STEPS (sweep,check,tune,bench,long: which parts run; sweep: the chunk-scan
-# memory's chunk length and precision, benchmarks/chunk_scan_sweep.py), CHECKS (gpu_kernel_check.py's
-# checks, default all), TUNE_ARGS (gpu_kernel_tune.py's parts: cell convolution toeplitz, default all),
-# BENCH_ARGS (bench options; default --precision, the error table), CHECK_S / SWEEP_S / TUNE_S / BENCH_S
-# (time limits).
+# Settings: PYTHON (python3), STEPS (sweep,latency,check,tune,bench,long: which parts run; sweep: the chunk-scan
+# memory's chunk length and precision, benchmarks/chunk_scan_sweep.py; latency: where a persistent kernel's step
+# goes, benchmarks/step_latency.py), CHECKS (gpu_kernel_check.py's checks, default all), TUNE_ARGS
+# (gpu_kernel_tune.py's parts: cell convolution toeplitz, default all), BENCH_ARGS (bench options; default
+# --precision, the error table), CHECK_S / SWEEP_S / LATENCY_S / TUNE_S / BENCH_S (time limits).
 #
 # Next run (15 minutes of device time in all, start-up included; earlier runs were cut at their limits inside
 # Triton's autotuning, which every new process repeats). First call, the measurements that need no autotuning
-# first (the chunk-scan memory: item 1; the sweep times eager calls and CUDA graph replays), then the convolution
-# cell's check and the fused cells against both LSTMs (item 2); about 580 s:
-#   STEPS=sweep,check,bench SWEEP_S=110 CHECKS="check_chunk_scan check_convolution_cell" CHECK_S=180 BENCH_S=270
+# first (the chunk-scan memory: item 1; the sweep times eager calls and CUDA graph replays; the step latency's
+# ingredients), then the convolution cell's check and the fused cells against both LSTMs (item 2); about 580 s:
+#   STEPS=sweep,latency,check,bench SWEEP_S=110 CHECKS="check_chunk_scan check_convolution_cell" CHECK_S=170
+#   BENCH_S=240
 #   BENCH_ARGS="--paths memory-chunkscan-tf32,memory-chunkscan,memory-chunkscan-tf32x3,memory-fft,
 #   memory-toeplitz-tf32,lmu-cell-fused-conv,lmu-cell-fused-conv-tf32,lmu-cell-fused,lstm,lstm-fp32 --repeat 10
 #   --warmup 2" bash benchmarks/gpu_kernels.sh
@@ -31,7 +32,7 @@
 #   lmu-fused,lmu-fused-conv,lmu-fused-conv-tf32,lmu-cell-fused-mixed,lmu-fft-elman,lstm --repeat 10 --warmup 2"
 set -uo pipefail
 PYTHON=${PYTHON:-python3}
-STEPS=${STEPS:-sweep,check,tune,bench,long}
+STEPS=${STEPS:-sweep,latency,check,tune,bench,long}
 RESULTS=${OUT:-runs/gpu}
 mkdir -p "$RESULTS"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -46,6 +47,7 @@ step() { [[ ",$STEPS," == *",$1,"* ]]; }
 
 # The chunk-scan sweep first: plain cuBLAS products, nothing to autotune, nothing that can hang.
 step sweep && { echo "== sweep"; timeout "${SWEEP_S:-120}" "$PYTHON" benchmarks/chunk_scan_sweep.py --device cuda | tee "$RESULTS/sweep.jsonl"; }
+step latency && { echo "== latency"; timeout "${LATENCY_S:-60}" "$PYTHON" benchmarks/step_latency.py | tee "$RESULTS/latency.jsonl"; }
 if step check; then
     echo "== check"
     timeout "${CHECK_S:-180}" "$PYTHON" benchmarks/gpu_kernel_check.py ${CHECKS:-} | tee "$RESULTS/check.jsonl"
