@@ -101,7 +101,8 @@ def main() -> None:
     parser.add_argument("--order", type=int, default=256)
     parser.add_argument("--phases", type=int, default=1568, help="two per step of 784")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--tiles", default="16:8,32:8", help="BLOCK_N:warps pairs (the resident kernels' tiles)")
+    parser.add_argument("--tiles", default="16:8,32:8,64:16",
+                        help="BLOCK_N:warps pairs (the resident kernels' tiles, and a group of 4 members)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="batch 4, order 16, 4 phases, one call")
     args = parser.parse_args()
