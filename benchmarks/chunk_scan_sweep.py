@@ -69,8 +69,8 @@ def main() -> None:
                                                                 block=L)
             times = timed(run, u, grad, device, args.repeat)
             blocks = -(-args.time // min(L, args.time))
-            form = ("one chunk" if blocks == 1 else "direct" if chunk_scan.direct_states(blocks, args.order, L)
-                    else "doubling")
+            form = ("one chunk" if blocks == 1 else "direct"
+                    if chunk_scan.direct_states(blocks, args.order, L, args.batch) else "doubling")
             ratios = {f"{key[:-3]}_vs_fft": value / fft[key] for key, value in times.items()}
             floors = {f"{key[:-3]}_floor_fraction": floor_ms * (2 if "backward" in key else 1) / value
                       for key, value in times.items()}

@@ -67,8 +67,9 @@ def _phases_kernel(state_ptr, w_ptr, sync_ptr, T, B, N,
             _group_barrier(counter, (p + 1) * SPLIT)
 
 
-def time_variant(variant: str, block_n: int, warps: int, batch: int, order: int, phases: int, repeat: int) -> float:
-    """Microseconds per phase, the median of ``repeat`` launches after one warm-up."""
+def time_variant(variant: str, block_n: int, warps: int, batch: int, order: int, phases: int,
+                 repeat: int) -> float | None:
+    """Microseconds per phase, the median of ``repeat`` launches after one warm-up; None in the interpreter."""
     barrier, load, precision = VARIANTS[variant]
     device = torch.device("cpu" if interpreting() else "cuda")
     state = torch.randn(2, batch, order, device=device) * 0.01
@@ -92,7 +93,7 @@ def time_variant(variant: str, block_n: int, warps: int, batch: int, order: int,
             torch.cuda.synchronize()
             if call:
                 times.append(start.elapsed_time(end) * 1e3 / phases)
-    return sorted(times)[len(times) // 2] if times else float("nan")
+    return sorted(times)[len(times) // 2] if times else None
 
 
 def main() -> None:

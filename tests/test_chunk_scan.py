@@ -18,7 +18,7 @@ def scan_form(request, monkeypatch):
     """Run a test with the chunk states in the direct form wherever there are two chunks or more, then by doubling
     steps."""
     direct = request.param == "direct"
-    monkeypatch.setattr(chunk_scan, "direct_states", lambda blocks, n, L: direct and blocks > 1)
+    monkeypatch.setattr(chunk_scan, "direct_states", lambda blocks, n, L, rows: direct and blocks > 1)
     chunk_scan.clear_cache()
     yield request.param
     chunk_scan.clear_cache()
@@ -55,7 +55,7 @@ def test_a_trained_theta_gets_the_loops_gradient(scan_form):
 
 
 def test_tf32x3_through_the_memory():
-    """The tf32x3 plumbing (forward, both scans' products, backward): on the CPU its three products run in
+    """The tf32x3 plumbing (forward, the chunk states' products, backward): on the CPU its three products run in
     float32, so the result is float32-accurate against the float64 loop, outputs and input gradients."""
     A, B = system(16, 60)
     u = torch.randn(3, 90, 2, requires_grad=True)
@@ -73,6 +73,8 @@ def test_tf32x3_through_the_memory():
     # Again, with the weights' parts kept by the operator since the first call: the same values.
     op = chunk_scan.cached_operator(A.float(), B.float(), 16, torch.float32)
     assert len(op.memo) == 2  # the forward weight's stacked parts, the backward weight's
+    # and the direct form's (6 chunks): its starts, m0's and earlier-chunk matrices, kept by their scan
+    assert len(op.scans[(6, True)].memo) == 3
     again = linear_memory_chunk_scan(u, A.float(), B.float(), m0, precision="tf32x3", block=16)
     torch.testing.assert_close(again, m, atol=0, rtol=0)
     torch.testing.assert_close(torch.autograd.grad((again * weight).sum(), u)[0], grad, atol=0, rtol=0)
@@ -119,8 +121,8 @@ def test_tf32x3_products_are_near_float32(x_shape, w_shape):
 def test_the_doubling_scan_is_the_recurrence_over_chunks(reverse, monkeypatch):
     A, B = system(5, 11)
     y = torch.randn(3, 13, 5, dtype=torch.float64)
-    monkeypatch.setattr(chunk_scan, "direct_states", lambda blocks, n, L: False)
-    doubling = chunk_scan.scan_for(chunk_scan.build_operator(A[0], B[0], 4, torch.float64), 13)
+    monkeypatch.setattr(chunk_scan, "direct_states", lambda blocks, n, L, rows: False)
+    doubling = chunk_scan.scan_for(chunk_scan.build_operator(A[0], B[0], 4, torch.float64), 13, 3)
     assert doubling.starts is None and len(doubling.doubling) == 4
     step = torch.linalg.matrix_power(A[0], 4)
     expected, z = [], torch.zeros(3, 5, dtype=torch.float64)
@@ -143,20 +145,30 @@ def test_both_forms_give_the_states_before_each_chunk(with_m0, monkeypatch):
     expected = torch.cat([first, memory[:, L - 1:-1:L]], dim=1)  # (3, NB, n)
     op = chunk_scan.build_operator(A[0], B[0], L, torch.float64)
     for direct in (True, False):
-        monkeypatch.setattr(chunk_scan, "direct_states", lambda blocks, n, L: direct)
-        op.scans.clear()
-        scan = chunk_scan.scan_for(op, blocks)
+        monkeypatch.setattr(chunk_scan, "direct_states", lambda blocks, n, L, rows: direct)
+        scan = chunk_scan.scan_for(op, blocks, 3)
         assert (scan.starts is not None) == direct
         got = chunk_scan._chunk_states(u[:, :, 0].reshape(3, blocks, L), m0, op, scan, "ieee")
         torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10)
 
 
 def test_the_direct_form_is_chosen_for_few_chunks_within_its_size():
-    assert chunk_scan.direct_states(8, 256, 98)  # psMNIST: 1.6 M entries, 16 <= 354
-    assert not chunk_scan.direct_states(1, 256, 98)  # one chunk: no state to pass
-    assert not chunk_scan.direct_states(8000, 256, 125)  # a million steps: doubling
-    assert not chunk_scan.direct_states(64, 16, 16)  # its products would cost twice the memory's own
-    assert not chunk_scan.direct_states(40, 1024, 128)  # 204 M entries
+    assert chunk_scan.direct_states(8, 256, 98, 100)  # psMNIST: 1.4 M entries against 20 M of memory; 16 <= 354
+    assert not chunk_scan.direct_states(1, 256, 98, 100)  # one chunk: no state to pass
+    assert not chunk_scan.direct_states(8000, 256, 125, 1)  # a million steps: doubling
+    assert not chunk_scan.direct_states(64, 16, 16, 100)  # its products would cost twice the memory's own
+    assert not chunk_scan.direct_states(40, 1024, 128, 100)  # 204 M entries
+    assert not chunk_scan.direct_states(64, 16, 128, 16)  # 8.3 M entries, 4x the memory (measured 1.8x slower)
+    assert chunk_scan.direct_states(64, 16, 128, 64)  # the same matrix for a batch of 64: as large as its memory
+
+
+def test_a_scan_is_kept_per_chunk_count_and_form():
+    A, B = system(8, 11)
+    op = chunk_scan.build_operator(A[0], B[0], 8, torch.float64)
+    direct = chunk_scan.scan_for(op, 4, 100)
+    assert direct.starts is not None and chunk_scan.scan_for(op, 4, 100) is direct
+    doubling = chunk_scan.scan_for(op, 4, 1)  # one row: a matrix (768 entries) larger than the memory (256)
+    assert doubling.starts is None and doubling.doubling and set(op.scans) == {(4, True), (4, False)}
 
 
 @pytest.fixture
@@ -187,13 +199,15 @@ def test_the_operator_is_reused_only_for_the_same_values(builds, monkeypatch):
 
 
 def test_one_operator_serves_every_length_with_its_chunk_length(builds):
-    """The operator depends on (A, B, L) only; each chunk count gets its scan on first use."""
+    """The operator depends on (A, B, L) only; each chunk count gets its scan on first use (here by doubling:
+    2 NB > n + L)."""
     A, B = system(4, 7)
     for time in (40, 56, 64, 40):
         u = torch.randn(2, time, 1, dtype=torch.float64)
         torch.testing.assert_close(linear_memory_chunk_scan(u, A, B, block=8), linear_memory_naive(u, A, B))
     assert len(builds) == 1
-    assert sorted(chunk_scan._BY_IDENTITY[next(iter(chunk_scan._BY_IDENTITY))][2].scans) == [5, 7, 8]
+    assert sorted(chunk_scan._BY_IDENTITY[next(iter(chunk_scan._BY_IDENTITY))][2].scans) == [(5, False), (7, False),
+                                                                                           (8, False)]
 
 
 def test_the_cache_is_bounded_and_forgets_freed_tensors(builds):

@@ -48,8 +48,9 @@ def legt_matrices(order: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def can_read_values(tensor: torch.Tensor) -> bool:
     """Whether a check may read ``tensor``'s values on the host: not while torch.compile traces (the read would
-    break its graph) nor while a CUDA graph is captured on the tensor's device (a host synchronization aborts
-    the capture). The checks skipped then only guard against bad input; nothing computed depends on them."""
+    break its graph) nor, for a CUDA tensor, while the current stream captures a CUDA graph (a host
+    synchronization aborts the capture). The checks skipped then only guard against bad input; nothing computed
+    depends on them."""
     if torch.compiler.is_compiling():
         return False
     return not (tensor.is_cuda and torch.cuda.is_current_stream_capturing())

@@ -367,8 +367,6 @@ class LMU(nn.Module):
         """The common value if every entry of dt is the same (and dt needs no gradient), else None."""
         if dt.requires_grad and torch.is_grad_enabled():
             return None  # the uniform path would not pass a gradient back to each entry of dt
-        if dt.is_cuda and torch.cuda.is_current_stream_capturing():
-            return None  # reading the values would abort a CUDA graph's capture; the general path is exact too
         first = dt.reshape(-1)[0]
         return float(first) if bool((dt == first).all()) else None
 

@@ -57,6 +57,12 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0][:300] if text else ''}"
 
 
+def _time_pass(fn: Callable[[], Any], device: torch.device, cuda_graph: bool, **timing) -> dict[str, Any]:
+    """``time_call`` of ``fn``, or of the replays of a CUDA graph of it; the graph, and the memory of its captured
+    call, go when this returns or raises."""
+    return time_call(graph_replay(fn, device, timing["warmup"]) if cuda_graph else fn, device, **timing)
+
+
 def run_timings(names: Iterable[str], shape: BenchShape, device: torch.device, passes: Iterable[str], *,
                 warmup: int = 1, repeat: int = 5, budget_s: float | None = None, bandwidth_gbps: float,
                 measure_memory: bool = True, dtype: torch.dtype = torch.float32, cuda_graph: bool = False,
@@ -76,7 +82,7 @@ def run_timings(names: Iterable[str], shape: BenchShape, device: torch.device, p
     for name in names:
         tiles_before = tuned_tiles()
         path = PATHS[name]
-        base = {"path": name, "kind": path.kind, "description": path.description}
+        base = {"path": name, "kind": path.kind, "description": path.description, "cuda_graph": cuda_graph}
         try:
             case = build_case(path, shape, device, dtype)
             failure = None
@@ -98,17 +104,14 @@ def run_timings(names: Iterable[str], shape: BenchShape, device: torch.device, p
                 row.update(case.info)
                 try:
                     fn = case.pass_fn(pass_name, grad)
-                    timed = graph_replay(fn, device, warmup) if cuda_graph else fn
-                    timing = time_call(timed, device, warmup=warmup, repeat=repeat, budget_s=budget_s)
-                    del timed  # a graph holds the memory of its captured call
+                    timing = _time_pass(fn, device, cuda_graph, warmup=warmup, repeat=repeat, budget_s=budget_s)
                     memory = peak_bytes(fn, device) if measure_memory else None
                 except Exception as err:  # noqa: BLE001
                     row["error"] = _first_line(err)
                 else:
                     floor_bytes = None if case.floor_bytes is None else case.floor_bytes.get(pass_name)
                     floor = floor_ms(floor_bytes, bandwidth_gbps)
-                    row.update(cuda_graph=cuda_graph, ms=timing["median_ms"], min_ms=timing["min_ms"],
-                               mean_ms=timing["mean_ms"],
+                    row.update(ms=timing["median_ms"], min_ms=timing["min_ms"], mean_ms=timing["mean_ms"],
                                max_ms=timing["max_ms"], times_ms=timing["times_ms"], repeat=timing["repeat"],
                                warmup=timing["warmup"], peak_bytes=memory,
                                peak_mb=None if memory is None else memory / 1e6,

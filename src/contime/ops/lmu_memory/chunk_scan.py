@@ -54,16 +54,21 @@ from .common import check_shared_system, matmul_precision, under_transform, zero
 from .fft import causal_fft_product, toeplitz_kernel_gradient
 
 PRECISIONS = ("ieee", "tf32", "tf32x3")
-# The direct form's largest matrix, ((NB - 1) L, NB n): up to this many entries (32 MB in float32; 1.6 M at the
+# The direct form's largest matrix, ((NB - 1) L, NB n): up to this many entries (32 MB in float32; 1.4 M at the
 # psMNIST shape); beyond, doubling steps.
 DIRECT_MAX_ENTRIES = 1 << 23
 
 
-def direct_states(blocks: int, n: int, L: int) -> bool:
-    """Whether NB = ``blocks`` chunks get their states in the direct form (module docstring): where its matrices
-    stay within DIRECT_MAX_ENTRIES and its products cost at most half of the memory's own, NB n T against
-    T n (n + L) multiply-adds; else by doubling steps."""
-    return blocks > 1 and 2 * blocks <= n + L and (blocks - 1) * L * blocks * n <= DIRECT_MAX_ENTRIES
+def direct_states(blocks: int, n: int, L: int, rows: int) -> bool:
+    """Whether NB = ``blocks`` chunks of ``rows`` sequences get their states in the direct form (module
+    docstring): where its products cost at most half of the memory's own (NB n T against T n (n + L)
+    multiply-adds per row) and its matrix, read on every call, is no larger than the memory it serves (rows NB L n
+    entries) nor DIRECT_MAX_ENTRIES; else by doubling steps. Measured on this project's CPU (one thread, forward +
+    backward): where the matrix was 1.9x to 3.9x the memory, the direct form took 1.1x to 1.8x the doubling's
+    time; where it was 0.07x to 0.44x, the two were even."""
+    entries = (blocks - 1) * L * blocks * n
+    return (blocks > 1 and 2 * blocks <= n + L and entries <= DIRECT_MAX_ENTRIES
+            and entries <= rows * blocks * L * n)
 
 
 def chunk_length(time: int) -> int:
@@ -124,11 +129,12 @@ class ChunkScan(NamedTuple):
     from_m0: torch.Tensor | None  # (n, NB n): block q = (A^(qL))^T
     to_m0: torch.Tensor | None  # (NB n, n): block p = A^(pL+1)
     doubling: tuple[torch.Tensor, ...]  # A^(L 2^k), k = 0, 1, ... while 2^k < NB (doubling form), else ()
+    memo: dict  # ``product``'s tf32x3 parts of these matrices (they live and go with this scan)
 
 
 class ChunkOperator(NamedTuple):
     """The matrices of one (A, B, L) in the op's dtype, built in float64 and cast once; ``scans`` holds the
-    ChunkScan of each chunk count NB met so far (built on first use by ``scan_for``), ``memo`` the tf32x3 parts
+    ChunkScan of each (chunk count NB, form) met so far (built on first use by ``scan_for``), ``memo`` the tf32x3 parts
     of the two weights (built on first use by ``product``)."""
 
     forward_weight: torch.Tensor  # (n + L, L n): [[P], [K]]
@@ -157,17 +163,18 @@ def build_operator(A_bar: torch.Tensor, B_bar: torch.Tensor, L: int, dtype: torc
                          H[L - torch.arange(L, device=A.device)].t().to(dtype), A.to(dtype), (A, B), {}, {})
 
 
-def scan_for(op: ChunkOperator, blocks: int) -> ChunkScan:
-    """The operator's ChunkScan for NB = ``blocks`` chunks, built in float64 on first use (the last four chunk
-    counts are kept)."""
-    if blocks in op.scans:
-        op.scans[blocks] = op.scans.pop(blocks)  # most recently used last
-        return op.scans[blocks]
+def scan_for(op: ChunkOperator, blocks: int, rows: int) -> ChunkScan:
+    """The operator's ChunkScan for NB = ``blocks`` chunks of ``rows`` sequences, in the form ``direct_states``
+    picks, built in float64 on first use (the last four are kept)."""
     A, B = op.source
     n, L = A.shape[0], op.chunk_end.shape[0]
+    key = (blocks, direct_states(blocks, n, L, rows))
+    if key in op.scans:
+        op.scans[key] = op.scans.pop(key)  # most recently used last
+        return op.scans[key]
     dtype = op.state_matrix.dtype
     step = torch.linalg.matrix_power(A, L)  # A^L: from one chunk's end to the next
-    if direct_states(blocks, n, L):
+    if key[1]:
         H = impulse_response(A[None], B[None], (blocks - 1) * L + 1)[0]  # H_0 .. H_{(NB-1) L}
         s = torch.arange((blocks - 1) * L, device=A.device)
         q = torch.arange(blocks, device=A.device)
@@ -180,15 +187,15 @@ def scan_for(op: ChunkOperator, blocks: int) -> ChunkScan:
         chunk_powers = power_sequence(step[None], eye[None], blocks)[0]  # (NB, n, n): (A^L)^0 .. ^(NB-1)
         from_m0 = chunk_powers.permute(2, 0, 1).reshape(n, blocks * n)  # [c', (q, c)] = (A^(qL))[c, c']
         to_m0 = (chunk_powers @ A).reshape(blocks * n, n)  # [(p, c'), c] = (A^(pL+1))[c', c]
-        scan = ChunkScan(starts.to(dtype), earlier.to(dtype), from_m0.to(dtype), to_m0.to(dtype), ())
+        scan = ChunkScan(starts.to(dtype), earlier.to(dtype), from_m0.to(dtype), to_m0.to(dtype), (), {})
     else:
         squares = [step]
         while 2 ** len(squares) < blocks:
             squares.append(squares[-1] @ squares[-1])
-        scan = ChunkScan(None, None, None, None, tuple(s.to(dtype) for s in squares))
+        scan = ChunkScan(None, None, None, None, tuple(s.to(dtype) for s in squares), {})
     if len(op.scans) >= 4:
         op.scans.pop(next(iter(op.scans)))  # the least recently used
-    op.scans[blocks] = scan
+    op.scans[key] = scan
     return scan
 
 
@@ -281,9 +288,9 @@ def _chunk_states(chunks: torch.Tensor, m0: torch.Tensor | None, op: ChunkOperat
     rows, blocks, L = chunks.shape
     n = op.state_matrix.shape[0]
     if scan.starts is not None:
-        starts = product(chunks.reshape(rows, blocks * L)[:, :-L], scan.starts, precision)  # (R, NB n)
+        starts = product(chunks.reshape(rows, blocks * L)[:, :-L], scan.starts, precision, scan.memo)  # (R, NB n)
         if m0 is not None:
-            starts = starts + product(m0.reshape(rows, n), scan.from_m0, precision)
+            starts = starts + product(m0.reshape(rows, n), scan.from_m0, precision, scan.memo)
         return starts.view(rows, blocks, n)
     ends = product(chunks[:, :-1], op.chunk_end, precision)  # (R, NB - 1, n): e_q
     first = chunks.new_zeros(rows, 1, n) if m0 is None else m0.reshape(rows, 1, n)
@@ -301,7 +308,7 @@ class _ChunkScanMemory(torch.autograd.Function):
         rows = u.permute(0, 2, 1).reshape(batch * D, time)
         chunks = _pad_steps(rows, blocks * L).reshape(batch * D, blocks, L)
         with torch.autocast(u.device.type, enabled=False):
-            starts = _chunk_states(chunks, m0, op, scan_for(op, blocks), precision)  # (R, NB, n): s_{q-1}
+            starts = _chunk_states(chunks, m0, op, scan_for(op, blocks, batch * D), precision)  # s_{q-1}
             M = product(torch.cat([starts, chunks], dim=2), op.forward_weight, precision, op.memo)  # (R, NB, L n)
         ctx.save_for_backward(u, kernel, m0)
         ctx.op, ctx.L, ctx.precision = op, L, precision
@@ -352,14 +359,14 @@ class _ChunkScanMemory(torch.autograd.Function):
             G = grad.permute(0, 2, 1, 3).reshape(batch * D, time, n)
             G = _pad_steps(G, blocks * L).reshape(batch * D, blocks, L * n)  # a copy only for a strided grad
             Y = product(G, op.backward_weight, precision, op.memo)  # (R, NB, n + L)
-            scan = scan_for(op, blocks)
+            scan = scan_for(op, blocks, batch * D)
             if scan.starts is not None:  # the direct form: from each chunk's own adjoint sum e'_p straight on
                 sums = Y[..., :n].reshape(batch * D, blocks * n)
                 if ctx.needs_input_grad[0]:
                     grad_chunks = Y[..., n:].clone().view(batch * D, blocks * L)
-                    grad_chunks[:, :-L] += product(sums[:, n:], scan.earlier, precision)
+                    grad_chunks[:, :-L] += product(sums[:, n:], scan.earlier, precision, scan.memo)
                 if ctx.needs_input_grad[2]:
-                    grad_m0 = product(sums, scan.to_m0, precision)
+                    grad_m0 = product(sums, scan.to_m0, precision, scan.memo)
             else:
                 adjoint = scan_chunks(Y[..., :n], scan, precision, reverse=True)  # (R, NB, n): Lambda_q
                 if ctx.needs_input_grad[0]:
