@@ -3,11 +3,16 @@
 The unit tests run the same kernels through Triton's interpreter on the CPU; this checks the compiled
 kernels, at the psMNIST shape, for every precision. Prints one JSON line per check:
 {"check", "precision", "what", "relative_error"} with ||got - ref|| / ||ref|| in float64.
+
+    python benchmarks/gpu_kernel_check.py [check_cell check_chunk_scan ...]
+    CHECK_PRECISIONS=ieee,tf32 python benchmarks/gpu_kernel_check.py ...   # only these precisions (each one
+                                                                            # costs a round of autotuning)
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import torch
@@ -28,6 +33,7 @@ RECURRENT_PRECISIONS = ("ieee", "tf32x3", "mixed")
 # The convolution kernels: no product compounds through the memory, so tf32 is the case to measure. Every
 # precision costs a round of autotuning (a minute or more on the device), hence no tf32x3 here.
 CONVOLUTION_PRECISIONS = ("ieee", "tf32")
+ONLY = [p for p in os.environ.get("CHECK_PRECISIONS", "").split(",") if p]  # empty: every precision of a check
 failures = []
 
 
@@ -52,7 +58,7 @@ def compare(check, inputs64, reference, candidate, names, precisions, scale=1.0)
     outputs = reference(*leaves64)
     weights = [torch.randn_like(o) for o in outputs]
     ref = [*outputs, *torch.autograd.grad(sum((o * w).sum() for o, w in zip(outputs, weights)), leaves64)]
-    for precision in precisions:
+    for precision in [p for p in precisions if p in ONLY] if ONLY else precisions:
         leaves = [t.float().cuda().requires_grad_() for t in inputs64]
         outputs = candidate(precision, *leaves)
         loss = sum((o * w.float().cuda()).sum() for o, w in zip(outputs, weights))

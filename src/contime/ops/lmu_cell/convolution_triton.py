@@ -12,6 +12,14 @@ programs that share the columns of h_t and meet at a barrier in global memory; h
   are complete once step s is done. Pushing forward reads K (T x H, in L2) at each step; pulling the same sums
   from dp's history instead would read that history, (T - t) x B x H values per step, from memory.
 
+The barrier is split in two (``_group_arrive``, ``_group_wait``), and the work that the group's next step does
+not wait for runs between: in the forward, step t+1's sum over the inputs up to t for the member's first chunk
+of columns (u_t from registers: member 0's store of it is seen by the others only after the barrier); in the
+backward, the first chunk's pushes into the inputs before t (the sum of input t, which the next step reads,
+is pushed before arriving). That sum grows with t; off the path from barrier to barrier it costs time only
+where it outlasts the others' arrival (not yet timed on a GPU). A member with further chunks (fewer SMs than
+columns / BLOCK_N) computes theirs on that path, as before.
+
 Without the convolution (HAS_CONV False) the same kernels run a plain Elman recurrence, h_t = act(p_t +
 h_{t-1} W_h): ``elman_forward`` / ``elman_backward``, the hidden part of the parallel LMU modes.
 
@@ -25,13 +33,46 @@ import torch
 import triton
 import triton.language as tl
 
-from .core_triton import (BLOCK_B, _activation, _add_product, _dummy, _group_barrier, _group_size,
+from .core_triton import (BLOCK_B, _activation, _add_product, _dummy, _group_arrive, _group_size, _group_wait,
                           _program_in_group, _put, _state, _through_activation, _tile, launch_autotuned,
                           product_precisions)
 
 # BLOCK_N (columns of h per member), BLOCK_K (rows of W_h per product), BLOCK_S (earlier steps per product),
 # warps; the autotuner picks on the GPU.
 CONFIGS = [(16, 32, 32, 4), (16, 32, 64, 4), (32, 32, 32, 4), (16, 32, 32, 8), (32, 32, 64, 8), (16, 64, 64, 8)]
+
+
+@triton.jit
+def _earlier_inputs(acc, U_ptr, K_ptr, rb, b_ok, cols, c_ok, t, count, B, HID,
+                    BLOCK_S: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + sum_{s < count} u_s K_{t-s}[cols]: step t's convolution over the inputs stored at steps before
+    ``count`` (read back from U), one product per BLOCK_S of them."""
+    rs = tl.arange(0, BLOCK_S)
+    for s0 in range(0, count, BLOCK_S):
+        s = s0 + rs
+        earlier = s < count
+        us = tl.load(U_ptr + s[None, :].to(tl.int64) * B + rb[:, None], mask=b_ok[:, None] & earlier[None, :],
+                     other=0.0, cache_modifier=".cg")  # (BLOCK_B, BLOCK_S)
+        ks = tl.load(K_ptr + (t - s)[:, None].to(tl.int64) * HID + cols[None, :],
+                     mask=earlier[:, None] & c_ok[None, :], other=0.0)  # (BLOCK_S, BLOCK_N): K_{t-s}
+        acc += tl.dot(us, ks, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _push(dp, mine, K_ptr, rb, b_ok, cols, c_ok, t, count, B, HID, BLOCK_S: tl.constexpr, PRECISION: tl.constexpr):
+    """mine[s] += dp_t[cols] . K_{t-s}[cols] for s < count: step t's pushes into the partial sums of the inputs
+    before ``count``, one product per BLOCK_S of them (mine: this member's (T, B) row of partial sums)."""
+    rs = tl.arange(0, BLOCK_S)
+    for s0 in range(0, count, BLOCK_S):
+        s = s0 + rs
+        ok = s < count
+        k_t = tl.load(K_ptr + (t - s)[None, :].to(tl.int64) * HID + cols[:, None],
+                      mask=c_ok[:, None] & ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_S): K_{t-s}^T
+        sums = mine + s[None, :].to(tl.int64) * B + rb[:, None]
+        keep = b_ok[:, None] & ok[None, :]
+        so_far = tl.load(sums, mask=keep, other=0.0)
+        tl.store(sums, so_far + tl.dot(dp, k_t, input_precision=PRECISION), mask=keep)
 
 
 @triton.jit
@@ -44,8 +85,11 @@ def _convolution_forward_kernel(
     member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
     rk = tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
-    rs = tl.arange(0, BLOCK_S)
     b_ok = rb < B
+    own = member * BLOCK_N + rn  # the member's first chunk of columns (its only one when SPLIT BLOCK_N >= HID)
+    own_ok = own < HID
+    # sum_{s<t} u_s K_{t-s} for the first chunk, computed during the previous step's barrier (module docstring)
+    ahead = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     for t in range(T):
         tt = tl.cast(t, tl.int64)  # offsets of (T, B, H) buffers can pass 2**31
         h_prev = H_ptr + tt * B * HID
@@ -64,17 +108,19 @@ def _convolution_forward_kernel(
                                HID, BLOCK_K, PRECISION)
             if HAS_CONV:
                 acc += u[:, None] * tl.load(K_ptr + cols, mask=c_ok, other=0.0)[None, :]  # s = t: K_0
-                for s0 in range(0, t, BLOCK_S):  # s < t: the inputs stored at the earlier steps
-                    s = s0 + rs
-                    earlier = s < t
-                    us = tl.load(U_ptr + s[None, :].to(tl.int64) * B + rb[:, None],
-                                 mask=b_ok[:, None] & earlier[None, :], other=0.0,
-                                 cache_modifier=".cg")  # (BLOCK_B, BLOCK_S)
-                    ks = tl.load(K_ptr + (t - s)[:, None].to(tl.int64) * HID + cols[None, :],
-                                 mask=earlier[:, None] & c_ok[None, :], other=0.0)  # (BLOCK_S, BLOCK_N): K_{t-s}
-                    acc += tl.dot(us, ks, input_precision=PRECISION)
+                if j0 == member * BLOCK_N:
+                    acc += ahead
+                else:  # a further chunk (too few SMs for one member per chunk): its sum now
+                    acc = _earlier_inputs(acc, U_ptr, K_ptr, rb, b_ok, cols, c_ok, t, t, B, HID, BLOCK_S, PRECISION)
             _put(H_ptr + (tt + 1) * B * HID, _activation(acc, RELU), rb, cols, B, HID, HID)
-        _group_barrier(counter, (t + 1) * SPLIT)  # all of h_t written
+        _group_arrive(counter)  # all of this member's h_t written
+        if HAS_CONV:
+            if t + 1 < T:  # while the others arrive: step t+1's sum over the inputs up to t, for the first chunk
+                # u_t from registers: member 0's store of it is seen by the others only after the barrier.
+                ahead = u[:, None] * tl.load(K_ptr + HID + own, mask=own_ok, other=0.0)[None, :]  # s = t: K_1
+                ahead = _earlier_inputs(ahead, U_ptr, K_ptr, rb, b_ok, own, own_ok, t + 1, t, B, HID, BLOCK_S,
+                                        PRECISION)
+        _group_wait(counter, (t + 1) * SPLIT)  # all of h_t written
 
 
 @triton.jit
@@ -87,10 +133,12 @@ def _convolution_backward_kernel(
         RELU: tl.constexpr, PRECISION: tl.constexpr):
     member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
     rn = tl.arange(0, BLOCK_N)
-    rs = tl.arange(0, BLOCK_S)
     rm = tl.arange(0, MEMBERS)
     b_ok = rb < B
     mine = ACC_ptr + member * T * B  # this member's row of partial sums: (T, B)
+    own = member * BLOCK_N + rn  # the member's first chunk of columns
+    own_ok = own < HID
+    dp_own = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)  # its dp_t, pushed into s < t during the barrier
     for step in range(T):
         t = T - 1 - step
         tt = tl.cast(t, tl.int64)  # offsets of (T, B, H) buffers can pass 2**31
@@ -115,17 +163,21 @@ def _convolution_backward_kernel(
             _put(DP_ptr + tt * B * HID, dp, rb, cols, B, HID, HID)
             if HAS_CONV:
                 # Push dp_t into every earlier input's sum: ACC[member, s] += dp_t[cols] . K_{t-s}[cols], s <= t.
-                for s0 in range(0, t + 1, BLOCK_S):
-                    s = s0 + rs
-                    ok = s <= t
-                    k_t = tl.load(K_ptr + (t - s)[None, :].to(tl.int64) * HID + cols[:, None],
-                                  mask=c_ok[:, None] & ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_S): K_{t-s}^T
-                    sums = mine + s[None, :].to(tl.int64) * B + rb[:, None]
-                    keep = b_ok[:, None] & ok[None, :]
-                    so_far = tl.load(sums, mask=keep, other=0.0)
-                    tl.store(sums, so_far + tl.dot(dp, k_t, input_precision=PRECISION), mask=keep)
+                # The next step reads the sums of s = t: pushed now. The first chunk's pushes into s < t wait
+                # until this member has arrived at the barrier; a further chunk's go now.
+                at_t = mine + tt * B + rb
+                k_0 = tl.load(K_ptr + cols, mask=c_ok, other=0.0)
+                tl.store(at_t, tl.load(at_t, mask=b_ok, other=0.0) + tl.sum(dp * k_0[None, :], axis=1), mask=b_ok)
+                if j0 == member * BLOCK_N:
+                    dp_own = dp
+                else:
+                    tl.debug_barrier()  # the same sums again
+                    _push(dp, mine, K_ptr, rb, b_ok, cols, c_ok, t, t, B, HID, BLOCK_S, PRECISION)
                 tl.debug_barrier()  # the next column chunk adds to the same sums
-        _group_barrier(counter, (step + 1) * SPLIT)  # all of dp_t and the pushes into step t written
+        _group_arrive(counter)  # all of dp_t and the pushes into step t written
+        if HAS_CONV:  # needed from step s - 1 on, after this member's next arrival
+            _push(dp_own, mine, K_ptr, rb, b_ok, own, own_ok, t, t, B, HID, BLOCK_S, PRECISION)
+        _group_wait(counter, (step + 1) * SPLIT)
     if HAS_CONV:
         if member == 0:  # du_0, now that every push has landed
             parts = tl.load(ACC_ptr + rm[:, None] * T * B + rb[None, :],

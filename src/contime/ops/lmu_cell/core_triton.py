@@ -11,7 +11,9 @@ follows its width: 4-byte copies (batch or widths not multiples of 16, as at the
 whatever the modifier (sm_90a SASS, read in a review of the convolution kernels). What makes every such read
 see the other programs' writes is the barrier: the acquire poll compiles to a GPU-scope load followed by an L1
 invalidation (CCTL.IVALL), and the release to MEMBAR.GPU before the add, with ``debug_barrier`` on both sides.
-The weights (well under 1 MB at the psMNIST shape) stay in L2 across steps.
+The weights (well under 1 MB at the psMNIST shape) stay in L2 across steps. A barrier is two halves
+(``_group_arrive``, ``_group_wait``): a product that the group's next phase does not need runs between them,
+while the member waits for the others (the resident kernels' docstrings say which).
 
 Why split: one program per block of 16 sequences would do all of a step's 2.6 M multiply-adds (psMNIST shape)
 on one SM while the other SMs idle; a group of SPLIT programs does it SPLIT times faster, at the cost of the
@@ -116,14 +118,28 @@ def _program_in_group(sync_ptr, BLOCK_B: tl.constexpr):
 
 
 @triton.jit
-def _group_barrier(counter_ptr, target):
-    """Wait until every program of the group has arrived here as often as ``target / SPLIT`` times."""
+def _group_arrive(counter_ptr):
+    """The first half of ``_group_barrier``: announce that this program's stores so far are written. Work placed
+    between this and ``_group_wait`` overlaps the wait for the group's other members (it must not write what
+    they read before the barrier)."""
     tl.debug_barrier()  # this program's stores are issued before it announces them
     tl.atomic_add(counter_ptr, 1, sem="release")
+
+
+@triton.jit
+def _group_wait(counter_ptr, target):
+    """The second half: wait until the group's programs have arrived ``target`` times in all."""
     seen = tl.atomic_add(counter_ptr, 0, sem="acquire")
     while seen < target:
         seen = tl.atomic_add(counter_ptr, 0, sem="acquire")
     tl.debug_barrier()
+
+
+@triton.jit
+def _group_barrier(counter_ptr, target):
+    """Wait until every program of the group has arrived here as often as ``target / SPLIT`` times."""
+    _group_arrive(counter_ptr)
+    _group_wait(counter_ptr, target)
 
 
 @triton.jit
@@ -230,7 +246,15 @@ def _lmu_cell_forward_resident_kernel(
         PRECISION: tl.constexpr, MEMORY_PRECISION: tl.constexpr):
     """The forward with each member's weight columns held on chip for the whole sequence: member k owns the
     k-th chunk of BLOCK_N columns of m and of h (the group has cdiv(max(N, H), BLOCK_N) members), so a step
-    is three state loads, five products and two barriers. NP, HP: N and H rounded up to powers of two."""
+    is five products and two barriers. NP, HP: N and H rounded up to powers of two.
+
+    Two of the three large products run while the member waits for its group, between its arrival at a barrier
+    and the last member's: h_{t-1} W_h (h_{t-1} is read when the step begins), and m_t A_T, the next step's
+    memory less its input term, which waits in the member's columns of M[t + 2] until the next step adds
+    u_{t+1} Bm. Only m_t W_m stays on the path from one barrier to the next. Each of the two products of m_t
+    has a load of its own: carried in registers instead, or one load feeding both, made ptxas spill kilobytes
+    in every tile (benchmarks/triton_registers.py; as written, the same four tiles as before are free of
+    spills, and 16 / 4 too)."""
     member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
     rd = tl.arange(0, BLOCK_D)
     rn_all = tl.arange(0, NP)
@@ -244,25 +268,32 @@ def _lmu_cell_forward_resident_kernel(
         Eh = _tile(Eh_ptr, rh_all, rd, HID, D, D)  # (HP, BLOCK_D)
     if HAS_EM:
         Em = _tile(Em_ptr, rn_all, rd, N, D, D)  # (NP, BLOCK_D)
+    # m0 A_T into this member's columns of M[1] (m0 itself was written to M[0] before the launch).
+    _put(M_ptr + B * N, tl.dot(_tile(M_ptr, rb, rn_all, B, N, N), A_cols, input_precision=MEMORY_PRECISION),
+         rb, cols, B, N, N)
     for t in range(T):
         tt = tl.cast(t, tl.int64)  # offsets of (T, B, .) buffers can pass 2**31
         h_prev = _state(H_ptr + tt * B * HID, rb, rh_all, B, HID, HID)  # (BLOCK_B, HP)
-        m_prev = _state(M_ptr + tt * B * N, rb, rn_all, B, N, N)  # (BLOCK_B, NP)
         u = _tile(ux_ptr + tt * B * D, rb, rd, B, D, D)
         if HAS_EH:
             u += _mm(h_prev, Eh, MEMORY_PRECISION)
         if HAS_EM:
-            u += _mm(m_prev, Em, MEMORY_PRECISION)
+            u += _mm(_state(M_ptr + tt * B * N, rb, rn_all, B, N, N), Em, MEMORY_PRECISION)
         if member == 0:
             _put(U_ptr + tt * B * D, u, rb, rd, B, D, D)
-        m = tl.dot(m_prev, A_cols, input_precision=MEMORY_PRECISION) + _mm(u, B_cols, MEMORY_PRECISION)
+        # m_t = m_{t-1} A_T (this member's columns, from the last barrier) + u_t Bm
+        m = _tile(M_ptr + (tt + 1) * B * N, rb, cols, B, N, N) + _mm(u, B_cols, MEMORY_PRECISION)
         _put(M_ptr + (tt + 1) * B * N, m, rb, cols, B, N, N)
+        _group_arrive(counter)  # this member's columns of m_t written
         pre = _tile(xh_ptr + tt * B * HID, rb, cols, B, HID, HID) + tl.dot(h_prev, Wh_cols, input_precision=PRECISION)
-        _group_barrier(counter, (2 * t + 1) * SPLIT)  # all of m_t written
-        m_new = _state(M_ptr + (tt + 1) * B * N, rb, rn_all, B, N, N)
-        pre += tl.dot(m_new, Wm_cols, input_precision=PRECISION)
+        _group_wait(counter, (2 * t + 1) * SPLIT)  # all of m_t written
+        pre += tl.dot(_state(M_ptr + (tt + 1) * B * N, rb, rn_all, B, N, N), Wm_cols, input_precision=PRECISION)
         _put(H_ptr + (tt + 1) * B * HID, _activation(pre, RELU), rb, cols, B, HID, HID)
-        _group_barrier(counter, (2 * t + 2) * SPLIT)  # all of h_t written
+        _group_arrive(counter)  # this member's columns of h_t written
+        if t + 1 < T:  # m_t A_T for the next step; nobody reads M[t + 2] before its barrier
+            _put(M_ptr + (tt + 2) * B * N, tl.dot(_state(M_ptr + (tt + 1) * B * N, rb, rn_all, B, N, N), A_cols,
+                                                  input_precision=MEMORY_PRECISION), rb, cols, B, N, N)
+        _group_wait(counter, (2 * t + 2) * SPLIT)  # all of h_t written
 
 
 @triton.jit
@@ -272,7 +303,9 @@ def _lmu_cell_backward_resident_kernel(
         BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NP: tl.constexpr, HP: tl.constexpr,
         HAS_EH: tl.constexpr, HAS_EM: tl.constexpr, HAS_GM: tl.constexpr, RELU: tl.constexpr,
         PRECISION: tl.constexpr, MEMORY_PRECISION: tl.constexpr):
-    """The backward counterpart of ``_lmu_cell_forward_resident_kernel``."""
+    """The backward counterpart of ``_lmu_cell_forward_resident_kernel``: dm_{t+1} A and dp_t W_h^T (the next
+    step's, carried in registers: no spills in the four tiles of before, nor at 32 / 4 and 64 / 8) run while the
+    member waits at a barrier, dp_t W_m^T between the barriers."""
     member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
     rd = tl.arange(0, BLOCK_D)
     rn_all = tl.arange(0, NP)
@@ -287,26 +320,29 @@ def _lmu_cell_backward_resident_kernel(
     if HAS_EM:
         EmT_cols = _tile(EmT_ptr, rd, cols, D, N, N)
     du_later = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)
+    carried = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)  # dp_{t+1} W_h^T, this member's columns (0 at the end)
     for step in range(T):
         t = T - 1 - step
         tt = tl.cast(t, tl.int64)  # offsets of (T, B, .) buffers can pass 2**31
-        dp_next = _state(DP_ptr + (tt + 1) * B * HID, rb, rh_all, B, HID, HID)
         dm_next = _state(DM_ptr + (tt + 1) * B * N, rb, rn_all, B, N, N)
-        dp = _tile(gh_ptr + tt * B * HID, rb, cols, B, HID, HID) + tl.dot(dp_next, WhT_cols, input_precision=PRECISION)
+        dp = _tile(gh_ptr + tt * B * HID, rb, cols, B, HID, HID) + carried
         if HAS_EH:
             dp += _mm(du_later, EhT_cols, MEMORY_PRECISION)
         dp = _through_activation(dp, _tile(H_ptr + (tt + 1) * B * HID, rb, cols, B, HID, HID), RELU)
         _put(DP_ptr + tt * B * HID, dp, rb, cols, B, HID, HID)
+        _group_arrive(counter)  # this member's columns of dp_t written
         dm = tl.dot(dm_next, A_cols, input_precision=MEMORY_PRECISION)
         if HAS_GM:
             dm += _tile(gm_ptr + tt * B * N, rb, cols, B, N, N)
         if HAS_EM:
             dm += _mm(du_later, EmT_cols, MEMORY_PRECISION)
-        _group_barrier(counter, (2 * step + 1) * SPLIT)  # all of dp_t written
-        dp_now = _state(DP_ptr + tt * B * HID, rb, rh_all, B, HID, HID)
-        dm += tl.dot(dp_now, WmT_cols, input_precision=PRECISION)
+        _group_wait(counter, (2 * step + 1) * SPLIT)  # all of dp_t written
+        dm += tl.dot(_state(DP_ptr + tt * B * HID, rb, rh_all, B, HID, HID), WmT_cols, input_precision=PRECISION)
         _put(DM_ptr + tt * B * N, dm, rb, cols, B, N, N)
-        _group_barrier(counter, (2 * step + 2) * SPLIT)  # all of dm_t written
+        _group_arrive(counter)  # this member's columns of dm_t written
+        carried = tl.dot(_state(DP_ptr + tt * B * HID, rb, rh_all, B, HID, HID), WhT_cols,
+                         input_precision=PRECISION)  # for dp_{t-1}
+        _group_wait(counter, (2 * step + 2) * SPLIT)  # all of dm_t written
         dm_now = _state(DM_ptr + tt * B * N, rb, rn_all, B, N, N)
         du = _mm(dm_now, BmT, MEMORY_PRECISION)
         if member == 0:
