@@ -143,6 +143,17 @@ def _group_barrier(counter_ptr, target):
 
 
 @triton.jit
+def _partial_memory(target_ptr, state_ptr, AT_ptr, rb, rn, member, SPLIT, B, N, BLOCK_B: tl.constexpr,
+                    BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, MEMORY_PRECISION: tl.constexpr):
+    """target[rows, cols] = state[rows, :] A^T[:, cols] for this member's column chunks: the next memory less its
+    input term."""
+    for j0 in range(member * BLOCK_N, N, SPLIT * BLOCK_N):
+        acc = _add_product(tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32), state_ptr, AT_ptr, rb, j0 + rn, B, N, N,
+                           BLOCK_K, MEMORY_PRECISION)
+        _put(target_ptr, acc, rb, j0 + rn, B, N, N)
+
+
+@triton.jit
 def _lmu_cell_forward_kernel(
         ux_ptr, xh_ptr, AT_ptr, Bm_ptr, Eh_ptr, Em_ptr, Wm_ptr, Wh_ptr,  # inputs
         H_ptr, M_ptr, U_ptr, sync_ptr,  # outputs: H_ext (T+1, B, H), M_ext (T+1, B, N), U (T, B, D); counters
@@ -154,6 +165,10 @@ def _lmu_cell_forward_kernel(
     rd = tl.arange(0, BLOCK_D)
     rk = tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
+    # m0 A^T into this member's columns of M[1] (m0 was written to M[0] before the launch).
+    _partial_memory(M_ptr + B * N, M_ptr, AT_ptr, rb, rn, member, SPLIT, B, N, BLOCK_B, BLOCK_K, BLOCK_N,
+                    MEMORY_PRECISION)
+    tl.debug_barrier()  # other threads of this program read it back at the first step
     for t in range(T):
         tt = tl.cast(t, tl.int64)  # offsets of (T, B, .) buffers can pass 2**31
         h_prev = H_ptr + tt * B * HID
@@ -171,19 +186,28 @@ def _lmu_cell_forward_kernel(
                 u += _mm(_state(m_prev, rb, k0 + rk, B, N, N), _tile(Em_ptr, k0 + rk, rd, N, D, D), MEMORY_PRECISION)
         if member == 0:
             _put(U_ptr + tt * B * D, u, rb, rd, B, D, D)
-        # Phase 2: this member's column chunks of m_t = m_{t-1} A^T + u_t Bm.
+        # Phase 2: this member's column chunks of m_t = m_{t-1} A^T (left there at the last barrier) + u_t Bm.
         for j0 in range(member * BLOCK_N, N, SPLIT * BLOCK_N):
-            acc = _mm(u, _tile(Bm_ptr, rd, j0 + rn, D, N, N), MEMORY_PRECISION)
-            acc = _add_product(acc, m_prev, AT_ptr, rb, j0 + rn, B, N, N, BLOCK_K, MEMORY_PRECISION)
+            acc = _tile(m_new, rb, j0 + rn, B, N, N) + _mm(u, _tile(Bm_ptr, rd, j0 + rn, D, N, N), MEMORY_PRECISION)
             _put(m_new, acc, rb, j0 + rn, B, N, N)
-        _group_barrier(counter, (2 * t + 1) * SPLIT)  # all of m_t written
-        # Phase 3: this member's column chunks of h_t = act(xh_t + m_t W_m + h_{t-1} W_h).
+        _group_arrive(counter)  # this member's columns of m_t written
+        # While the others arrive: xh_t + h_{t-1} W_h into this member's columns of h_t (read by none before
+        # the next barrier).
         for j0 in range(member * BLOCK_N, HID, SPLIT * BLOCK_N):
             acc = _tile(xh_ptr + tt * B * HID, rb, j0 + rn, B, HID, HID)
-            acc = _add_product(acc, m_new, Wm_ptr, rb, j0 + rn, B, N, HID, BLOCK_K, PRECISION)
-            acc = _add_product(acc, h_prev, Wh_ptr, rb, j0 + rn, B, HID, HID, BLOCK_K, PRECISION)
+            _put(h_new, _add_product(acc, h_prev, Wh_ptr, rb, j0 + rn, B, HID, HID, BLOCK_K, PRECISION),
+                 rb, j0 + rn, B, HID, HID)
+        _group_wait(counter, (2 * t + 1) * SPLIT)  # all of m_t written
+        # Phase 3: this member's column chunks of h_t = act(xh_t + h_{t-1} W_h + m_t W_m).
+        for j0 in range(member * BLOCK_N, HID, SPLIT * BLOCK_N):
+            acc = _add_product(_tile(h_new, rb, j0 + rn, B, HID, HID), m_new, Wm_ptr, rb, j0 + rn, B, N, HID,
+                               BLOCK_K, PRECISION)
             _put(h_new, _activation(acc, RELU), rb, j0 + rn, B, HID, HID)
-        _group_barrier(counter, (2 * t + 2) * SPLIT)  # all of h_t written
+        _group_arrive(counter)  # this member's columns of h_t written
+        if t + 1 < T:  # m_t A^T into this member's columns of m_{t+1} (read by none before its barrier)
+            _partial_memory(M_ptr + (tt + 2) * B * N, m_new, AT_ptr, rb, rn, member, SPLIT, B, N, BLOCK_B, BLOCK_K,
+                            BLOCK_N, MEMORY_PRECISION)
+        _group_wait(counter, (2 * t + 2) * SPLIT)  # all of h_t written
 
 
 @triton.jit
@@ -199,23 +223,27 @@ def _lmu_cell_backward_kernel(
     rk = tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
     du_later = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)  # du_{t+1}: every member keeps its own copy
+    # dp_T W_h^T = 0 into this member's columns of DP[T - 1], where each step finds the term it needs.
+    for j0 in range(member * BLOCK_N, HID, SPLIT * BLOCK_N):
+        _put(DP_ptr + (T - 1) * B * HID, tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32), rb, j0 + rn, B, HID, HID)
+    tl.debug_barrier()  # other threads of this program read it back at the first step
     for step in range(T):
         t = T - 1 - step
         tt = tl.cast(t, tl.int64)  # offsets of (T, B, .) buffers can pass 2**31
-        dp_next = DP_ptr + (tt + 1) * B * HID
         dm_next = DM_ptr + (tt + 1) * B * N
         dp_now = DP_ptr + tt * B * HID
         dm_now = DM_ptr + tt * B * N
-        # Phase 1: dp_t = (gh_t + dp_{t+1} W_h^T + du_{t+1} E_h^T) * act'(h_t), this member's chunks.
+        # Phase 1: dp_t = (gh_t + dp_{t+1} W_h^T (left there at the last barrier) + du_{t+1} E_h^T) * act'(h_t),
+        # this member's chunks.
         for j0 in range(member * BLOCK_N, HID, SPLIT * BLOCK_N):
-            acc = _tile(gh_ptr + tt * B * HID, rb, j0 + rn, B, HID, HID)
-            acc = _add_product(acc, dp_next, WhT_ptr, rb, j0 + rn, B, HID, HID, BLOCK_K, PRECISION)
+            acc = _tile(gh_ptr + tt * B * HID, rb, j0 + rn, B, HID, HID) + _tile(dp_now, rb, j0 + rn, B, HID, HID)
             if HAS_EH:
                 acc += _mm(du_later, _tile(EhT_ptr, rd, j0 + rn, D, HID, HID), MEMORY_PRECISION)
             h = _tile(H_ptr + (tt + 1) * B * HID, rb, j0 + rn, B, HID, HID)
             _put(dp_now, _through_activation(acc, h, RELU), rb, j0 + rn, B, HID, HID)
-        _group_barrier(counter, (2 * step + 1) * SPLIT)  # all of dp_t written
-        # Phase 2: dm_t = gm_t + dm_{t+1} A + du_{t+1} E_m^T + dp_t W_m^T, this member's chunks.
+        _group_arrive(counter)  # this member's columns of dp_t written
+        # While the others arrive: gm_t + dm_{t+1} A + du_{t+1} E_m^T into this member's columns of dm_t (read by
+        # none before the next barrier).
         for j0 in range(member * BLOCK_N, N, SPLIT * BLOCK_N):
             if HAS_GM:
                 acc = _tile(gm_ptr + tt * B * N, rb, j0 + rn, B, N, N)
@@ -224,9 +252,20 @@ def _lmu_cell_backward_kernel(
             acc = _add_product(acc, dm_next, A_ptr, rb, j0 + rn, B, N, N, BLOCK_K, MEMORY_PRECISION)
             if HAS_EM:
                 acc += _mm(du_later, _tile(EmT_ptr, rd, j0 + rn, D, N, N), MEMORY_PRECISION)
-            acc = _add_product(acc, dp_now, WmT_ptr, rb, j0 + rn, B, HID, N, BLOCK_K, PRECISION)
             _put(dm_now, acc, rb, j0 + rn, B, N, N)
-        _group_barrier(counter, (2 * step + 2) * SPLIT)  # all of dm_t written
+        _group_wait(counter, (2 * step + 1) * SPLIT)  # all of dp_t written
+        # Phase 2: dm_t = (the above) + dp_t W_m^T, this member's chunks.
+        for j0 in range(member * BLOCK_N, N, SPLIT * BLOCK_N):
+            acc = _add_product(_tile(dm_now, rb, j0 + rn, B, N, N), dp_now, WmT_ptr, rb, j0 + rn, B, HID, N,
+                               BLOCK_K, PRECISION)
+            _put(dm_now, acc, rb, j0 + rn, B, N, N)
+        _group_arrive(counter)  # this member's columns of dm_t written
+        if t > 0:  # dp_t W_h^T into this member's columns of dp_{t-1} (read by none before its barrier)
+            for j0 in range(member * BLOCK_N, HID, SPLIT * BLOCK_N):
+                acc = _add_product(tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32), dp_now, WhT_ptr, rb, j0 + rn, B,
+                                   HID, HID, BLOCK_K, PRECISION)
+                _put(dp_now - B * HID, acc, rb, j0 + rn, B, HID, HID)
+        _group_wait(counter, (2 * step + 2) * SPLIT)  # all of dm_t written
         # Phase 3: du_t = dm_t Bm^T, small: every member computes it; one stores it.
         du = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)
         for k0 in range(0, N, BLOCK_K):
@@ -271,6 +310,7 @@ def _lmu_cell_forward_resident_kernel(
     # m0 A_T into this member's columns of M[1] (m0 itself was written to M[0] before the launch).
     _put(M_ptr + B * N, tl.dot(_tile(M_ptr, rb, rn_all, B, N, N), A_cols, input_precision=MEMORY_PRECISION),
          rb, cols, B, N, N)
+    tl.debug_barrier()  # other threads of this program read it back at the first step
     for t in range(T):
         tt = tl.cast(t, tl.int64)  # offsets of (T, B, .) buffers can pass 2**31
         h_prev = _state(H_ptr + tt * B * HID, rb, rh_all, B, HID, HID)  # (BLOCK_B, HP)
