@@ -170,8 +170,7 @@ def _convolution_backward_kernel(
                 tl.store(at_t, tl.load(at_t, mask=b_ok, other=0.0) + tl.sum(dp * k_0[None, :], axis=1), mask=b_ok)
                 if j0 == member * BLOCK_N:
                     dp_own = dp
-                else:
-                    tl.debug_barrier()  # the same sums again
+                else:  # inputs before t: other sums than the one just added to
                     _push(dp, mine, K_ptr, rb, b_ok, cols, c_ok, t, t, B, HID, BLOCK_S, PRECISION)
                 tl.debug_barrier()  # the next column chunk adds to the same sums
         _group_arrive(counter)  # all of dp_t and the pushes into step t written

@@ -535,6 +535,8 @@ def forward_core(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, relu: bool, precis
     ``style``: "resident" (weights on chip; where they fit), "chunked", or "auto" (resident where it fits, for
     "ieee" products only; see ``_launch``); None: ``DEFAULT_STYLE``."""
     time, batch, D = ux.shape
+    if time < 1:  # the kernels write m0 A_T into M[1] before their first step
+        raise ValueError(f"the fused cell needs at least one step, got ux of shape {tuple(ux.shape)}")
     hidden, N = W_h.shape[0], A_T.shape[0]
     H_ext = ux.new_empty(time + 1, batch, hidden)
     M_ext = ux.new_empty(time + 1, batch, N)
