@@ -397,9 +397,9 @@ def _lmu_cell_backward_resident_kernel(
 # warps 32 / 32 does too, and 32 / 16 in "mixed" (20-28 bytes of spills in "ieee").
 CELL_CONFIGS = [(32, 32, 4), (64, 32, 4), (32, 16, 4), (32, 64, 4), (32, 32, 8), (32, 16, 8), (32, 64, 8)]
 # BLOCK_N, warps of the resident kernels. The weights they hold grow with BLOCK_N and are spread over the warps:
-# ptxas (benchmarks/triton_registers.py, from the CPU) finds 16 / 8, 16 / 16, 32 / 8 and 32 / 16 free of spills
-# at the psMNIST widths with D = 1 in float32, while 32 / 4 and 64 / 8 spill over a kilobyte. Which is fastest
-# is measured by the autotuner on the GPU.
+# ptxas (benchmarks/triton_registers.py, from the CPU) finds 16 / 4, 16 / 8, 16 / 16, 32 / 8 and 32 / 16 free of
+# spills at the psMNIST widths with D = 1 in float32, while the forward at 32 / 4 and 64 / 8 spills over a
+# kilobyte (their backward does not). Which is fastest is measured by the autotuner on the GPU.
 RESIDENT_CONFIGS = [(16, 4), (16, 8), (16, 16), (32, 4), (32, 8), (32, 16), (64, 8), (64, 16)]
 RESIDENT_MAX_WIDTH = 256  # N and H (rounded up to powers of two) up to which the weights stay on chip
 BLOCK_B = 16  # the smallest row count of a tensor-core product
