@@ -10,7 +10,10 @@ of phases with each ingredient switched on or off:
 - ``load``: + every member reads the whole (BLOCK_B, N) state that the others wrote (L2, after the barrier's L1
   invalidation) and writes its own columns;
 - ``dot-ieee`` / ``dot-tf32``: + that state times the member's resident (N, BLOCK_N) weight, as the cell does;
-- ``nobarrier-dot-ieee``: the same work with no barrier (wrong values, the time of the rest).
+- ``nobarrier-dot-ieee``: the same work with no barrier (wrong values, the time of the rest);
+- ``overlap-dot-ieee`` / ``overlap-dot-tf32``: the split barrier of the cell kernels: the member writes its
+  columns, arrives, then runs the product on a second load of the state while the others arrive, then waits
+  (the product's result goes out with the next phase's write).
 
 One JSON line per (variant, BLOCK_N) with the microseconds per phase; the cell has two phases per step, cuDNN's
 LSTM one (11.8 us per step forward on the H100 of run 6). Made for the GPU; under ``TRITON_INTERPRET=1`` it
@@ -29,15 +32,18 @@ import torch
 import triton
 import triton.language as tl
 
-from contime.ops.lmu_cell.core_triton import _group_barrier, _program_in_group, _put, _state, _tile, available_sms
+from contime.ops.lmu_cell.core_triton import (_group_arrive, _group_barrier, _group_wait, _program_in_group, _put,
+                                              _state, _tile, available_sms)
 from contime.ops.triton_env import interpreting
 
-VARIANTS = {  # name: (barrier, load, dot precision or None)
-    "barrier": (True, False, None),
-    "load": (True, True, None),
-    "dot-ieee": (True, True, "ieee"),
-    "dot-tf32": (True, True, "tf32"),
-    "nobarrier-dot-ieee": (False, True, "ieee"),
+VARIANTS = {  # name: (barrier: none, whole or split; load; dot precision or None)
+    "barrier": ("whole", False, None),
+    "load": ("whole", True, None),
+    "dot-ieee": ("whole", True, "ieee"),
+    "dot-tf32": ("whole", True, "tf32"),
+    "nobarrier-dot-ieee": ("none", True, "ieee"),
+    "overlap-dot-ieee": ("split", True, "ieee"),
+    "overlap-dot-tf32": ("split", True, "tf32"),
 }
 
 
@@ -45,26 +51,35 @@ VARIANTS = {  # name: (barrier, load, dot precision or None)
 def _phases_kernel(state_ptr, w_ptr, sync_ptr, T, B, N,
                    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, NP: tl.constexpr,
                    BARRIER: tl.constexpr, LOAD: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """T phases over two (B, N) state buffers: phase p reads buffer p % 2 whole and writes this member's
-    columns of the other one."""
+    """T phases over three (B, N) state buffers: phase p reads buffer p % 3 whole and writes this member's
+    columns of the next one (three, so that a member still reading in its split barrier's shadow never sees a
+    faster member write there). BARRIER: "none", "whole" or "split"."""
     member, SPLIT, counter, rb = _program_in_group(sync_ptr, BLOCK_B)
     rn_all = tl.arange(0, NP)
     cols = member * BLOCK_N + tl.arange(0, BLOCK_N)
     weight = _tile(w_ptr, rn_all, cols, N, N, N)  # (NP, BLOCK_N), held for the whole launch
     out = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     for p in range(T):
-        source = state_ptr + (p % 2) * B * N
-        target = state_ptr + ((p + 1) % 2) * B * N
-        if LOAD:
-            x = _state(source, rb, rn_all, B, N, N)  # (BLOCK_B, NP)
-            if DOT:
-                out = tl.dot(x, weight, input_precision=PRECISION)
-            else:
-                # Keep the whole load alive without a product: one column sum per row, spread over the columns.
-                out = out * 0.5 + tl.sum(x, axis=1, keep_dims=True)
-            _put(target, out, rb, cols, B, N, N)
-        if BARRIER:
-            _group_barrier(counter, (p + 1) * SPLIT)
+        source = state_ptr + (p % 3) * B * N
+        target = state_ptr + ((p + 1) % 3) * B * N
+        if BARRIER == "split":
+            # As the cell kernels: write, arrive, the product of a second load while the others arrive, wait.
+            x = _state(source, rb, rn_all, B, N, N)
+            _put(target, out + tl.sum(x, axis=1, keep_dims=True), rb, cols, B, N, N)
+            _group_arrive(counter)
+            out = tl.dot(_state(source, rb, rn_all, B, N, N), weight, input_precision=PRECISION)
+            _group_wait(counter, (p + 1) * SPLIT)
+        else:
+            if LOAD:
+                x = _state(source, rb, rn_all, B, N, N)  # (BLOCK_B, NP)
+                if DOT:
+                    out = tl.dot(x, weight, input_precision=PRECISION)
+                else:
+                    # Keep the whole load alive without a product: one sum per row, spread over the columns.
+                    out = out * 0.5 + tl.sum(x, axis=1, keep_dims=True)
+                _put(target, out, rb, cols, B, N, N)
+            if BARRIER == "whole":
+                _group_barrier(counter, (p + 1) * SPLIT)
 
 
 def time_variant(variant: str, block_n: int, warps: int, batch: int, order: int, phases: int,
@@ -72,7 +87,7 @@ def time_variant(variant: str, block_n: int, warps: int, batch: int, order: int,
     """Microseconds per phase, the median of ``repeat`` launches after one warm-up; None in the interpreter."""
     barrier, load, precision = VARIANTS[variant]
     device = torch.device("cpu" if interpreting() else "cuda")
-    state = torch.randn(2, batch, order, device=device) * 0.01
+    state = torch.randn(3, batch, order, device=device) * 0.01
     weight = torch.randn(order, order, device=device) * (1.0 / order)
     groups = triton.cdiv(batch, 16)
     split = 1 if interpreting() else triton.cdiv(order, block_n)
