@@ -16,7 +16,8 @@ interval for the whole process: so it runs in a process of its own (tests/test_g
 
     python tests/group_concurrency_check.py KIND T B N H D BLOCK_N MEMBERS [--no-eh] [--no-em] [--seed S]
 
-KIND: resident, chunked (the state algorithm's kernels) or convolution. MEMBERS caps the programs per group.
+KIND: resident, chunked (the state algorithm's kernels), convolution, or elman (the convolution kernels without
+their convolution). MEMBERS caps the programs per group; N is unused by the last two.
 Prints one JSON line; exits 1 if any output or gradient is off by more than 1e-5 (relative).
 """
 
@@ -142,6 +143,20 @@ def errors(kind: str, T: int, B: int, N: int, H: int, D: int, with_eh: bool, wit
     """Relative error of every output of the forward and backward cores against the torch cores, float32."""
     draw = lambda *shape: torch.randn(*shape) * 0.3  # noqa: E731
     found = {}
+    if kind == "elman":  # the convolution kernels without their convolution, against a loop and autograd
+        xh, W_h, h0 = draw(T, B, H).requires_grad_(), draw(H, H), draw(B, H).requires_grad_()
+        hs, h = [], h0
+        for t in range(T):
+            h = torch.tanh(xh[t] + h @ W_h)
+            hs.append(h)
+        ref = torch.stack(hs)
+        H_ext = convolution_triton.elman_forward(xh.detach(), W_h, h0.detach(), False)
+        grad_h = draw(T, B, H)
+        dp, grad_h0 = convolution_triton.elman_backward(grad_h, torch.cat([h0.detach()[None], ref.detach()]),
+                                                        W_h.t().contiguous(), False)
+        ref_dp, ref_h0 = torch.autograd.grad(ref, [xh, h0], grad_h)
+        return {"forward_h": relative(H_ext[1:], ref.detach()), "backward_dp": relative(dp, ref_dp),
+                "backward_h0": relative(grad_h0, ref_h0)}
     if kind == "convolution":
         ux, xh, K, W_h, h0 = draw(T, B, 1), draw(T, B, H), draw(T, H), draw(H, H), draw(B, H)
         E_h = draw(H, 1) if with_eh else None
@@ -169,7 +184,7 @@ def errors(kind: str, T: int, B: int, N: int, H: int, D: int, with_eh: bool, wit
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=("resident", "chunked", "convolution"))
+    parser.add_argument("kind", choices=("resident", "chunked", "convolution", "elman"))
     for name in ("T", "B", "N", "H", "D", "block_n", "members"):
         parser.add_argument(name, type=int)
     parser.add_argument("--no-eh", action="store_true", help="leave out E_h (hidden_to_memory)")

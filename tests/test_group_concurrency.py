@@ -22,6 +22,7 @@ CASES = {
     "chunked-one-step": ["chunked", "1", "17", "32", "32", "1", "16", "2"],
     "convolution-extra-chunks": ["convolution", "7", "20", "0", "40", "1", "16", "2"],
     "convolution-one-chunk-each": ["convolution", "6", "33", "0", "40", "1", "16", "8", "--no-eh"],
+    "elman": ["elman", "6", "20", "0", "40", "1", "16", "2"],
 }
 
 
