@@ -17,22 +17,18 @@ import json
 
 import torch
 
+from contime.bench.paths import Case
 from contime.bench.timing import graph_replay, time_call
 from contime.legendre import discretize, impulse_response
 from contime.ops.lmu_memory import chunk_scan, linear_memory_fft
 
 
 def timed(fn, u, grad, device, repeat) -> dict:
-    """Median ms of the forward (no gradient) and of forward + backward; on CUDA also of their graph replays."""
-    def forward():
-        with torch.no_grad():
-            fn(u)
-
-    def both():
-        torch.autograd.grad(fn(u), u, grad)
-
+    """Median ms of the forward (no gradient) and of forward + backward (the bench's passes, ``Case.pass_fn``);
+    on CUDA also of their graph replays."""
+    case = Case(run=fn, input=u)
     times = {}
-    for name, call in (("forward", forward), ("forward_backward", both)):
+    for name, call in (("forward", case.pass_fn("forward")), ("forward_backward", case.pass_fn("backward", grad))):
         times[f"{name}_ms"] = time_call(call, device, warmup=2, repeat=repeat)["median_ms"]
         if device.type == "cuda":
             times[f"{name}_graph_ms"] = time_call(graph_replay(call, device, 2), device, repeat=repeat)["median_ms"]
@@ -57,7 +53,7 @@ def main() -> None:
     A64, B64 = discretize(args.order, torch.tensor([float(args.time)], dtype=torch.float64), 1.0, "zoh")
     A, B = A64.float().to(device), B64.float().to(device)
     H = impulse_response(A64, B64, args.time).float().to(device)
-    u = torch.randn(args.batch, args.time, 1, device=device, requires_grad=True)
+    u = torch.randn(args.batch, args.time, 1, device=device)
     grad = torch.randn(args.batch, args.time, 1, args.order, device=device)
     floor_ms = grad.numel() * 4 / (args.bandwidth * 1e9) * 1e3
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -38,6 +38,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.runtime import interpreter  # noqa: E402
 
+from contime.bench.precision import relative_error  # noqa: E402
 from contime.ops.lmu_cell import convolution_torch, convolution_triton, core_torch, core_triton  # noqa: E402
 
 PAUSE_S = 0.002
@@ -135,10 +136,6 @@ def use_tiles(block_n: int, members: int) -> None:
     convolution_triton.CONFIGS = [(block_n, 16, 4, 4)]
 
 
-def relative(got: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((got.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
-
-
 def errors(kind: str, T: int, B: int, N: int, H: int, D: int, with_eh: bool, with_em: bool) -> dict[str, float]:
     """Relative error of every output of the forward and backward cores against the torch cores, float32."""
     draw = lambda *shape: torch.randn(*shape) * 0.3  # noqa: E731
@@ -155,18 +152,18 @@ def errors(kind: str, T: int, B: int, N: int, H: int, D: int, with_eh: bool, wit
         dp, grad_h0 = convolution_triton.elman_backward(grad_h, torch.cat([h0.detach()[None], ref.detach()]),
                                                         W_h.t().contiguous(), False)
         ref_dp, ref_h0 = torch.autograd.grad(ref, [xh, h0], grad_h)
-        return {"forward_h": relative(H_ext[1:], ref.detach()), "backward_dp": relative(dp, ref_dp),
-                "backward_h0": relative(grad_h0, ref_h0)}
+        return {"forward_h": relative_error(H_ext[1:], ref.detach()), "backward_dp": relative_error(dp, ref_dp),
+                "backward_h0": relative_error(grad_h0, ref_h0)}
     if kind == "convolution":
         ux, xh, K, W_h, h0 = draw(T, B, 1), draw(T, B, H), draw(T, H), draw(H, H), draw(B, H)
         E_h = draw(H, 1) if with_eh else None
         got = convolution_triton.forward_core(ux, xh, K, E_h, W_h, h0, False)
         ref = convolution_torch.forward_core(ux, xh, K, E_h, W_h, h0, False)
-        found.update(forward_h=relative(got[0], ref[0]), forward_u=relative(got[1], ref[1]))
+        found.update(forward_h=relative_error(got[0], ref[0]), forward_u=relative_error(got[1], ref[1]))
         grad_h, grad_u = draw(T, B, H), draw(T, B, 1)
         got = convolution_triton.backward_core(grad_h, grad_u, ref[0], K, E_h, W_h, False)
         ref = convolution_torch.backward_core(grad_h, grad_u, ref[0], K, E_h, W_h, False)
-        found.update({f"backward_{name}": relative(g, r) for name, g, r in zip(("dp", "du", "h0"), got, ref)})
+        found.update({f"backward_{name}": relative_error(g, r) for name, g, r in zip(("dp", "du", "h0"), got, ref)})
         return found
     ux, xh, A_T, Bm = draw(T, B, D), draw(T, B, H), draw(N, N), draw(D, N)
     E_h = draw(H, D) if with_eh else None
@@ -174,11 +171,12 @@ def errors(kind: str, T: int, B: int, N: int, H: int, D: int, with_eh: bool, wit
     W_m, W_h, m0, h0 = draw(N, H), draw(H, H), draw(B, N), draw(B, H)
     got = core_triton.forward_core(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, False, "ieee", style=kind)
     ref = core_torch.forward_core(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, False)
-    found.update({f"forward_{name}": relative(g, r) for name, g, r in zip(("h", "m", "u"), got, ref)})
+    found.update({f"forward_{name}": relative_error(g, r) for name, g, r in zip(("h", "m", "u"), got, ref)})
     grad_h, grad_m = draw(T, B, H), draw(T, B, N)
     got = core_triton.backward_core(grad_h, grad_m, ref[0], A_T, Bm, E_h, E_m, W_m, W_h, False, "ieee", style=kind)
     ref = core_torch.backward_core(grad_h, grad_m, ref[0], A_T, Bm, E_h, E_m, W_m, W_h, False)
-    found.update({f"backward_{name}": relative(g, r) for name, g, r in zip(("dp", "dm", "du", "h0", "m0"), got, ref)})
+    names = ("dp", "dm", "du", "h0", "m0")
+    found.update({f"backward_{name}": relative_error(g, r) for name, g, r in zip(names, got, ref)})
     return found
 
 

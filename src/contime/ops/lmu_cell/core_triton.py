@@ -143,14 +143,14 @@ def _group_barrier(counter_ptr, target):
 
 
 @triton.jit
-def _partial_memory(target_ptr, state_ptr, AT_ptr, rb, rn, member, SPLIT, B, N, BLOCK_B: tl.constexpr,
-                    BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, MEMORY_PRECISION: tl.constexpr):
-    """target[rows, cols] = state[rows, :] A^T[:, cols] for this member's column chunks: the next memory less its
-    input term."""
-    for j0 in range(member * BLOCK_N, N, SPLIT * BLOCK_N):
-        acc = _add_product(tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32), state_ptr, AT_ptr, rb, j0 + rn, B, N, N,
-                           BLOCK_K, MEMORY_PRECISION)
-        _put(target_ptr, acc, rb, j0 + rn, B, N, N)
+def _stage_product(target_ptr, state_ptr, w_ptr, rb, rn, member, SPLIT, B, K, BLOCK_B: tl.constexpr,
+                   BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    """target[rows, cols] = state[rows, :K] @ w[:K, cols] for this member's column chunks of a (K, K) weight: a
+    term of a later phase (m_t A^T, dp_t W_h^T), staged in its own columns while the group arrives."""
+    for j0 in range(member * BLOCK_N, K, SPLIT * BLOCK_N):
+        acc = _add_product(tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32), state_ptr, w_ptr, rb, j0 + rn, B, K, K,
+                           BLOCK_K, PRECISION)
+        _put(target_ptr, acc, rb, j0 + rn, B, K, K)
 
 
 @triton.jit
@@ -166,8 +166,8 @@ def _lmu_cell_forward_kernel(
     rk = tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
     # m0 A^T into this member's columns of M[1] (m0 was written to M[0] before the launch).
-    _partial_memory(M_ptr + B * N, M_ptr, AT_ptr, rb, rn, member, SPLIT, B, N, BLOCK_B, BLOCK_K, BLOCK_N,
-                    MEMORY_PRECISION)
+    _stage_product(M_ptr + B * N, M_ptr, AT_ptr, rb, rn, member, SPLIT, B, N, BLOCK_B, BLOCK_K, BLOCK_N,
+                   MEMORY_PRECISION)
     tl.debug_barrier()  # other threads of this program read it back at the first step
     for t in range(T):
         tt = tl.cast(t, tl.int64)  # offsets of (T, B, .) buffers can pass 2**31
@@ -205,8 +205,8 @@ def _lmu_cell_forward_kernel(
             _put(h_new, _activation(acc, RELU), rb, j0 + rn, B, HID, HID)
         _group_arrive(counter)  # this member's columns of h_t written
         if t + 1 < T:  # m_t A^T into this member's columns of m_{t+1} (read by none before its barrier)
-            _partial_memory(M_ptr + (tt + 2) * B * N, m_new, AT_ptr, rb, rn, member, SPLIT, B, N, BLOCK_B, BLOCK_K,
-                            BLOCK_N, MEMORY_PRECISION)
+            _stage_product(M_ptr + (tt + 2) * B * N, m_new, AT_ptr, rb, rn, member, SPLIT, B, N, BLOCK_B, BLOCK_K,
+                           BLOCK_N, MEMORY_PRECISION)
         _group_wait(counter, (2 * t + 2) * SPLIT)  # all of h_t written
 
 
@@ -261,10 +261,8 @@ def _lmu_cell_backward_kernel(
             _put(dm_now, acc, rb, j0 + rn, B, N, N)
         _group_arrive(counter)  # this member's columns of dm_t written
         if t > 0:  # dp_t W_h^T into this member's columns of dp_{t-1} (read by none before its barrier)
-            for j0 in range(member * BLOCK_N, HID, SPLIT * BLOCK_N):
-                acc = _add_product(tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32), dp_now, WhT_ptr, rb, j0 + rn, B,
-                                   HID, HID, BLOCK_K, PRECISION)
-                _put(dp_now - B * HID, acc, rb, j0 + rn, B, HID, HID)
+            _stage_product(dp_now - B * HID, dp_now, WhT_ptr, rb, rn, member, SPLIT, B, HID, BLOCK_B, BLOCK_K,
+                           BLOCK_N, PRECISION)
         _group_wait(counter, (2 * step + 2) * SPLIT)  # all of dm_t written
         # Phase 3: du_t = dm_t Bm^T, small: every member computes it; one stores it.
         du = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)

@@ -374,7 +374,7 @@ class _ChunkScanMemory(torch.autograd.Function):
                     grad_chunks[:, :-1] += product(adjoint[:, 1:], op.next_response, precision)
                 if ctx.needs_input_grad[2]:
                     grad_m0 = product(adjoint[:, 0], op.state_matrix, precision)
-            if grad_u is None and ctx.needs_input_grad[0]:
+            if ctx.needs_input_grad[0]:
                 grad_u = grad_chunks.view(batch, D, blocks * L)[:, :, :time].transpose(1, 2)
             if grad_m0 is not None:
                 grad_m0 = grad_m0.view(batch, D, n)
