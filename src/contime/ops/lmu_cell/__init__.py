@@ -182,14 +182,13 @@ def lmu_cell_naive(ux, xh, A_T, Bm, E_h, E_m, W_m, W_h, m0, h0, *, relu: bool = 
     activation = torch.relu if relu else torch.tanh
     h, m = h0, m0
     hs, ms = [], []
-    for t in range(ux.shape[0]):
-        u = ux[t]
+    for u, xh_t in zip(ux.unbind(0), xh.unbind(0)):  # unbind: per-step indexing has an O(T^2) backward
         if E_h is not None:
             u = u + h @ E_h
         if E_m is not None:
             u = u + m @ E_m
         m = m @ A_T + u @ Bm
-        h = activation(xh[t] + m @ W_m + h @ W_h)
+        h = activation(xh_t + m @ W_m + h @ W_h)
         hs.append(h)
         ms.append(m)
     return torch.stack(hs), torch.stack(ms)

@@ -100,9 +100,9 @@ def linear_memory_varying_naive(u: torch.Tensor, A_bar: torch.Tensor, B_bar: tor
     n = A_bar.shape[-1]
     m = u.new_zeros(batch, dims, n) if m0 is None else m0
     states = []
-    for t in range(time):
+    for t, u_t in enumerate(u.unbind(1)):  # unbind: per-step indexing has an O(time^2) backward
         A_t = A_bar[index[:, t]].expand(batch, dims, n, n)  # (batch, D, n, n)
         B_t = B_bar[index[:, t]].expand(batch, dims, n)
-        m = torch.einsum("bdij,bdj->bdi", A_t, m) + B_t * u[:, t, :, None]
+        m = torch.einsum("bdij,bdj->bdi", A_t, m) + B_t * u_t[:, :, None]
         states.append(m)
     return torch.stack(states, dim=1)
