@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/lmu_modes.py
+	THP_MEM_ALLOC_ENABLE=1 $(BIN)/python benchmarks/lmu_modes.py
 
 lock: $(STAMP)
 	$(BIN)/pip freeze --all --exclude-editable | grep -v '^pip==' | sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' > constraints.txt

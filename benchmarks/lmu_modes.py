@@ -16,7 +16,8 @@ Peak memory: torch.cuda.max_memory_allocated on CUDA; on CPU, the peak of the te
 training step minus those freed, from torch.profiler(profile_memory=True) (memory already live before the step,
 such as parameters and the batch, is not counted).
 
-Usage:
+Usage (``make bench`` runs the first with THP_MEM_ALLOC_ENABLE=1, as the ``contime`` command does: see
+``contime.host_memory``; every record says which was used):
     python benchmarks/lmu_modes.py                 # full run, a few minutes on 2 CPU cores
     python benchmarks/lmu_modes.py --quick         # tiny shape, seconds: checks that the script works
     python benchmarks/lmu_modes.py --modes fft lstm --reps 3 --profile
@@ -42,6 +43,7 @@ import torch
 from torch import nn
 
 from contime import LMU
+from contime.host_memory import host_memory_settings
 
 TF_REFERENCE_S = 1.29  # keras-lmu psMNIST LMU training step (batch 100), TensorFlow, this machine's CPU
 
@@ -254,9 +256,11 @@ def main(argv=None):
            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "dtype": "float32",
            "quick": args.quick, "shape": dataclasses.asdict(shape), "command": " ".join(sys.argv),
            "git": git_revision(),
-           "loadavg": os.getloadavg()[0]}  # before we start: other processes on the box skew CPU timings
+           "loadavg": os.getloadavg()[0],  # before we start: other processes on the box skew CPU timings
+           **host_memory_settings()}  # huge pages halve CPU step times here (contime.host_memory)
     print(f"contime {run['git']}, torch {run['torch']}, {run['device']} ({run['card'] or platform.machine()}), "
-          f"{run['threads']} threads, load average {run['loadavg']:.2f}, shape {dataclasses.asdict(shape)}")
+          f"{run['threads']} threads, load average {run['loadavg']:.2f}, shape {dataclasses.asdict(shape)}, "
+          f"THP_MEM_ALLOC_ENABLE={run['thp_mem_alloc_enable']} (kernel: {run['transparent_hugepage']})")
 
     results = {}
     for name in names:
