@@ -35,7 +35,9 @@ class _ElmanRecurrence(torch.autograd.Function):
             raise RuntimeError("the Elman recurrence has no double backward (create_graph=True); use mode='recurrent'")
         outputs, weight_hh, h0, valid = ctx.saved_tensors
         time = outputs.shape[0]
-        grad_outputs = grad_outputs.contiguous()  # often a strided view; each step reads one block
+        # grad_outputs is often a strided view (of a batch-first gradient): left as it is, since each step's
+        # product reads its (batch, hidden) rows through strides, and a contiguous copy took 23 ms at the
+        # psMNIST shape on this CPU.
         # d act / d pre-activation for every step at once; a padded step passes nothing through it.
         local = (outputs > 0).to(outputs.dtype) if ctx.relu else 1 - outputs * outputs
         if valid is not None:

@@ -77,13 +77,17 @@ class _CausalConvFFT(torch.autograd.Function):
         # Correlation = convolution with the conjugate spectrum; the zero padding keeps it acyclic.
         GO = torch.fft.rfft(grad_out, n=n_fft)  # (batch, G, F)
         grad_u = grad_kernel = None
+        # The conjugates are formed here (conj_physical), not left as lazy views: a product with a lazy
+        # conjugate that broadcasts over g took 26.6 ms against 10.1 ms at the psMNIST shape on this CPU.
         if ctx.needs_input_grad[0]:  # sum over g of GO * conj(K): (batch, D, F)
-            spectrum = torch.stack([(GO * K[:, d].conj()).sum(1) for d in range(K.shape[1])], dim=1) \
-                if K.shape[1] <= _FEW_CHANNELS else torch.einsum("bgf,gdf->bdf", GO, K.conj())
+            K_conj = K.conj_physical()
+            spectrum = torch.stack([(GO * K_conj[:, d]).sum(1) for d in range(K.shape[1])], dim=1) \
+                if K.shape[1] <= _FEW_CHANNELS else torch.einsum("bgf,gdf->bdf", GO, K_conj)
             grad_u = torch.fft.irfft(spectrum, n=n_fft)[..., :time]
         if ctx.needs_input_grad[1]:  # sum over the batch of GO * conj(U): (G, D, F)
-            spectrum = torch.stack([(GO * U[:, d:d + 1].conj()).sum(0) for d in range(U.shape[1])], dim=1) \
-                if U.shape[1] <= _FEW_CHANNELS else torch.einsum("bgf,bdf->gdf", GO, U.conj())
+            U_conj = U.conj_physical()
+            spectrum = torch.stack([(GO * U_conj[:, d:d + 1]).sum(0) for d in range(U.shape[1])], dim=1) \
+                if U.shape[1] <= _FEW_CHANNELS else torch.einsum("bgf,bdf->gdf", GO, U_conj)
             grad_kernel = torch.fft.irfft(spectrum, n=n_fft)[..., :time]
         return grad_u, grad_kernel
 
