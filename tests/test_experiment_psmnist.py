@@ -164,9 +164,9 @@ def test_lmu_models_follow_the_papers():
     assert torch.equal(lmu.input_kernel, torch.ones(1, 1))  # e_x = 1
     w = lmu.hidden_cell.weight_hh.detach()
     assert torch.allclose(w @ w.T, torch.eye(212), atol=1e-5)  # orthogonal recurrent weights
-    # The faster on each, as measured (contime bench): the fused kernel on CUDA, the loop on the CPU.
+    # The faster on each, as measured (contime bench, LMU.resolve_mode): the fused kernel on CUDA, fft on the CPU.
     assert lmu.resolve_mode("cuda") == ("fused" if triton_available() else "fft")
-    assert lmu.resolve_mode("cpu") == "recurrent"
+    assert lmu.resolve_mode("cpu") == "fft"
 
     plmu = psmnist.build_model("plmu").lmu
     assert (plmu.order, float(plmu.theta), plmu.output_size) == (468, 784.0, 346)

@@ -289,7 +289,12 @@ def test_auto_picks_the_fastest_valid_mode():
     assert contime.LMU(1, 1, 4, 5.0, return_sequences=False).resolve_mode() == "final"
     with_rnn = contime.LMU(1, 1, 4, 5.0, nn.RNNCell(4, 3), return_sequences=False)
     assert with_rnn.resolve_mode("cuda") == ("fused" if triton_available() else "fft")
-    assert with_rnn.resolve_mode("cpu") == "recurrent"  # measured faster on CPU for a recurrent hidden cell
+    assert with_rnn.resolve_mode("cpu") == "fft"  # measured faster than the loop on the CPU for an RNNCell
+    # GRU and LSTM cells: "fft" up to CPU_FFT_MAX_GATES gate units, where it was measured faster on the CPU.
+    small_gru, large_lstm = nn.GRUCell(5, 128), nn.LSTMCell(5, 212)
+    assert contime.LMU(1, 1, 4, 5.0, small_gru, input_to_hidden=True).resolve_mode("cpu") == "fft"
+    assert contime.LMU(1, 1, 4, 5.0, large_lstm, input_to_hidden=True).resolve_mode("cpu") == "recurrent"
+    assert contime.LMU(1, 1, 4, 5.0, large_lstm, input_to_hidden=True).resolve_mode("cuda") == "fft"
     # The fused cell: one autograd node; on this CPU its torch twin ran 2.6x faster than the loop (Mackey-Glass).
     assert contime.LMU(1, 1, 4, 5.0, nn.RNNCell(4, 3), hidden_to_memory=True).resolve_mode() == "fused"
     assert contime.LMU(1, 1, 4, 5.0, nn.GRUCell(4, 3), hidden_to_memory=True).resolve_mode() == "recurrent"

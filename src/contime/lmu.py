@@ -43,6 +43,10 @@ from .ops.lmu_memory.final import FINAL_CHUNK
 MODES = ("auto", "recurrent", "fused", "fft", "conv", "final")
 FUSED_ALGORITHMS = ("state", "convolution")
 CPU_FUSED_MAX_WIDTH = 128  # on the CPU the fused cell beats the loop only for small layers (see resolve_mode)
+# On the CPU "fft" beat the loop for GRU and LSTM cells of 384 and 512 gate units (gates x hidden), even at 768
+# (0.93), but not at 636 and 848 at the psMNIST shape (see resolve_mode): the folded projection convolves one
+# channel per gate unit. 512 is the largest size where it won everywhere measured.
+CPU_FFT_MAX_GATES = 512
 
 
 def _leading_linear(cell):
@@ -227,9 +231,15 @@ class LMU(nn.Module):
         - On the CPU, "fused" (its torch twin) where the memory feeds back (hidden/memory to memory) and the
           layer is small (memory and hidden sizes up to 128), where per-step overhead dominates: forward +
           backward 0.37x to 0.59x the loop's time (batch 32, 500 steps, one thread). At the psMNIST size (256
-          and 212, 784 steps) the loop was faster (1.07 s against 1.19 s), so it runs there. Without feedback,
-          the loop for a recurrent cell, which beat "fft" at the psMNIST shape (0.77 s against 0.94 s per
-          training step on our 2-core CPU).
+          and 212, 784 steps) the loop was faster (1.07 s against 1.19 s), so it runs there.
+        - On the CPU without feedback, "fft" for an ``nn.RNNCell``, and for torch's GRU and LSTM cells with at
+          most CPU_FFT_MAX_GATES gate units (gates x hidden); the loop for larger ones and other recurrent cells.
+          Forward + backward, "fft" over the loop, with THP_MEM_ALLOC_ENABLE=1 (``contime.host_memory``) and
+          without, minimum of 5 to 10 calls, 2 threads (/tmp script, two rounds): RNNCell(212) at the psMNIST
+          shape 0.37-0.60 (0.87-1.04 without); RNNCell(64), order 64, batch 32 x 500 steps 0.24-0.34;
+          8 x 4,000 steps 0.12-0.13; GRUCell(128) 0.70-0.83 and LSTMCell(128) 0.71-0.86 at batch 32 x 500;
+          GRUCell(256) 0.93; but GRUCell(212) and LSTMCell(212) at the psMNIST shape 1.03-1.15 and 1.46 (one
+          round, with the variable).
         - Otherwise "fft".
         """
         if self.mode != "auto":
@@ -245,9 +255,18 @@ class LMU(nn.Module):
             return "final"
         if "fused" in modes and (on_cpu and feedback and small or not on_cpu and triton_available()):
             return "fused"
-        if "fft" in modes and not (on_cpu and self.hidden_kind == "recurrent"):
+        if "fft" in modes and not (on_cpu and self.hidden_kind == "recurrent" and not self._fft_beats_loop_on_cpu()):
             return "fft"
         return "recurrent"
+
+    def _fft_beats_loop_on_cpu(self) -> bool:
+        """For a recurrent hidden cell: whether "fft" was measured faster than the loop on the CPU (see
+        ``resolve_mode``): an ``nn.RNNCell`` (one autograd node for the recurrence), or a GRU or LSTM cell
+        with at most CPU_FFT_MAX_GATES gate units."""
+        cell = self.hidden_cell
+        if type(cell) is nn.RNNCell:
+            return True
+        return type(cell) in (nn.GRUCell, nn.LSTMCell) and cell.weight_ih.shape[0] <= CPU_FFT_MAX_GATES
 
     def _fused_unsupported(self, lengths) -> str | None:
         """Why the "fused" mode cannot run this call, or None: it has no padding masks and no per-sequence
