@@ -236,8 +236,9 @@ class LMU(nn.Module):
           most CPU_FFT_MAX_GATES gate units (gates x hidden); the loop for larger ones and other recurrent cells.
           Forward + backward, "fft" over the loop, with THP_MEM_ALLOC_ENABLE=1 (``contime.host_memory``) and
           without, minimum of 5 to 10 calls, 2 threads (/tmp script, two rounds): RNNCell(212) at the psMNIST
-          shape 0.37-0.60 (0.87-1.04 without); RNNCell(64), order 64, batch 32 x 500 steps 0.24-0.34;
-          8 x 4,000 steps 0.12-0.13; GRUCell(128) 0.70-0.83 and LSTMCell(128) 0.71-0.86 at batch 32 x 500;
+          shape 0.37-0.60 (without: 0.87-1.04, and 1.14 in a training step of benchmarks/lmu_modes.py, about
+          even); RNNCell(64), order 64, batch 32 x 500 steps 0.24-0.34; 8 x 4,000 steps 0.12-0.13;
+          GRUCell(128) 0.70-0.83 and LSTMCell(128) 0.71-0.86 at batch 32 x 500;
           GRUCell(256) 0.93; but GRUCell(212) and LSTMCell(212) at the psMNIST shape 1.03-1.15 and 1.46 (one
           round, with the variable).
         - Otherwise "fft".
