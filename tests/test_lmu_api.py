@@ -308,3 +308,29 @@ def test_loops_split_the_sequence_once(cell_type, mode):
     y, _ = lmu(x)
     names = _backward_node_names(y)
     assert names.count("SelectBackward0") < time, names  # none per step (an RNNCell runs as one node in fft/conv)
+
+
+def test_lstm_cells_run_as_torch_lstm_on_the_cpu():
+    """An nn.LSTMCell over a whole sequence is one call of torch's LSTM on the CPU (without lengths); float32
+    against the loop of cell calls, with and without a starting state. The float64 equality of every mode with
+    the loop, gradients included, is in test_lmu_modes."""
+    cell = nn.LSTMCell(6, 5)
+    assert hidden_ops.uses_torch_lstm(cell, "cpu", None)
+    assert not hidden_ops.uses_torch_lstm(cell, "cpu", torch.tensor([3]))  # padding: the loop masks each step
+    assert not hidden_ops.uses_torch_lstm(cell, "cuda", None)  # cuDNN not timed yet
+    assert not hidden_ops.uses_torch_lstm(nn.GRUCell(6, 5), "cpu", None)  # measured slower than the loop
+    inputs = torch.randn(4, 30, 6, requires_grad=True)
+    for state in (None, (torch.randn(4, 5), torch.randn(4, 5))):
+        results = []
+        for fast in (True, False):
+            h, final = hidden_ops.recurrent_sequence(cell, inputs, state, None, fast=fast)
+            loss = (h * torch.linspace(-1, 1, h.numel()).reshape(h.shape)).sum() + final[0].sum() + final[1].sum()
+            results.append((h, final, torch.autograd.grad(loss, [inputs] + list(cell.parameters()))))
+        (h1, s1, g1), (h2, s2, g2) = results
+        torch.testing.assert_close(h1, h2, atol=2e-6, rtol=0)
+        torch.testing.assert_close(s1, s2, atol=2e-6, rtol=0)
+        for a, b in zip(g1, g2):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+    lmu = contime.LMU(1, 1, 4, 6.0, nn.LSTMCell(4, 3), mode="fft")
+    names = _backward_node_names(lmu(torch.randn(2, 9, 1, requires_grad=True))[0])
+    assert "SigmoidBackward0" not in names, names  # torch's LSTM node (oneDNN here), not a loop of cell calls

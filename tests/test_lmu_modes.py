@@ -74,6 +74,7 @@ CASES = [
     Case("gru-theta-per-dim", hidden="gru", theta=[3.0, 9.0]),
     Case("lstm-bias", hidden="lstm", kwargs=dict(use_bias=True)),
     Case("lstm-lengths-state", hidden="lstm", lengths=True, initial_state=True),
+    Case("lstm-state-input", hidden="lstm", initial_state=True, kwargs=dict(input_to_hidden=True)),  # torch.lstm
     Case("custom-cell", hidden="custom", kwargs=dict(input_to_hidden=True)),
     Case("time-major", hidden="rnn", kwargs=dict(batch_first=False)),
     Case("time-major-final", hidden="linear", kwargs=dict(batch_first=False, return_sequences=False)),
@@ -290,11 +291,13 @@ def test_auto_picks_the_fastest_valid_mode():
     with_rnn = contime.LMU(1, 1, 4, 5.0, nn.RNNCell(4, 3), return_sequences=False)
     assert with_rnn.resolve_mode("cuda") == ("fused" if triton_available() else "fft")
     assert with_rnn.resolve_mode("cpu") == "fft"  # measured faster than the loop on the CPU for an RNNCell
-    # GRU and LSTM cells: "fft" up to CPU_FFT_MAX_GATES gate units, where it was measured faster on the CPU.
-    small_gru, large_lstm = nn.GRUCell(5, 128), nn.LSTMCell(5, 212)
+    # GRU cells: "fft" up to CPU_FFT_MAX_GATES gate units, where it was measured faster on the CPU; LSTM cells
+    # always (torch's own LSTM).
+    small_gru, large_gru = nn.GRUCell(5, 128), nn.GRUCell(5, 212)
     assert contime.LMU(1, 1, 4, 5.0, small_gru, input_to_hidden=True).resolve_mode("cpu") == "fft"
-    assert contime.LMU(1, 1, 4, 5.0, large_lstm, input_to_hidden=True).resolve_mode("cpu") == "recurrent"
-    assert contime.LMU(1, 1, 4, 5.0, large_lstm, input_to_hidden=True).resolve_mode("cuda") == "fft"
+    assert contime.LMU(1, 1, 4, 5.0, large_gru, input_to_hidden=True).resolve_mode("cpu") == "recurrent"
+    assert contime.LMU(1, 1, 4, 5.0, large_gru, input_to_hidden=True).resolve_mode("cuda") == "fft"
+    assert contime.LMU(1, 1, 4, 5.0, nn.LSTMCell(5, 212), input_to_hidden=True).resolve_mode("cpu") == "fft"
     # The fused cell: one autograd node; on this CPU its torch twin ran 2.6x faster than the loop (Mackey-Glass).
     assert contime.LMU(1, 1, 4, 5.0, nn.RNNCell(4, 3), hidden_to_memory=True).resolve_mode() == "fused"
     assert contime.LMU(1, 1, 4, 5.0, nn.GRUCell(4, 3), hidden_to_memory=True).resolve_mode() == "recurrent"

@@ -43,9 +43,9 @@ from .ops.lmu_memory.final import FINAL_CHUNK
 MODES = ("auto", "recurrent", "fused", "fft", "conv", "final")
 FUSED_ALGORITHMS = ("state", "convolution")
 CPU_FUSED_MAX_WIDTH = 128  # on the CPU the fused cell beats the loop only for small layers (see resolve_mode)
-# On the CPU "fft" beat the loop for GRU and LSTM cells of 384 and 512 gate units (gates x hidden), even at 768
-# (0.93), but not at 636 and 848 at the psMNIST shape (see resolve_mode): the folded projection convolves one
-# channel per gate unit. 512 is the largest size where it won everywhere measured.
+# On the CPU "fft" beat the loop for GRU cells of 384 gate units (gates x hidden), even at 768 (0.93), but not
+# at 636 at the psMNIST shape (see resolve_mode): the folded projection convolves one channel per gate unit.
+# 512 is the largest size where it won everywhere measured, GRU and LSTM cells (before the LSTM's own call).
 CPU_FFT_MAX_GATES = 512
 
 
@@ -232,15 +232,16 @@ class LMU(nn.Module):
           layer is small (memory and hidden sizes up to 128), where per-step overhead dominates: forward +
           backward 0.37x to 0.59x the loop's time (batch 32, 500 steps, one thread). At the psMNIST size (256
           and 212, 784 steps) the loop was faster (1.07 s against 1.19 s), so it runs there.
-        - On the CPU without feedback, "fft" for an ``nn.RNNCell``, and for torch's GRU and LSTM cells with at
-          most CPU_FFT_MAX_GATES gate units (gates x hidden); the loop for larger ones and other recurrent cells.
+        - On the CPU without feedback, "fft" for an ``nn.RNNCell`` and an ``nn.LSTMCell`` (whose sequence is then
+          one call of torch's LSTM: ``hidden.uses_torch_lstm``), and for an ``nn.GRUCell`` with at most
+          CPU_FFT_MAX_GATES gate units (gates x hidden); the loop for larger ones and other recurrent cells.
           Forward + backward, "fft" over the loop, with THP_MEM_ALLOC_ENABLE=1 (``contime.host_memory``) and
           without, minimum of 5 to 10 calls, 2 threads (/tmp script, two rounds): RNNCell(212) at the psMNIST
           shape 0.37-0.60 (without: 0.87-1.04, and 1.14 in a training step of benchmarks/lmu_modes.py, about
           even); RNNCell(64), order 64, batch 32 x 500 steps 0.24-0.34; 8 x 4,000 steps 0.12-0.13;
           GRUCell(128) 0.70-0.83 and LSTMCell(128) 0.71-0.86 at batch 32 x 500;
           GRUCell(256) 0.93; but GRUCell(212) and LSTMCell(212) at the psMNIST shape 1.03-1.15 and 1.46 (one
-          round, with the variable).
+          round, with the variable). Through torch's LSTM, the LSTMCells went to 0.23 and 0.58 (one round).
         - Otherwise "fft".
         """
         if self.mode != "auto":
@@ -262,12 +263,12 @@ class LMU(nn.Module):
 
     def _fft_beats_loop_on_cpu(self) -> bool:
         """For a recurrent hidden cell: whether "fft" was measured faster than the loop on the CPU (see
-        ``resolve_mode``): an ``nn.RNNCell`` (one autograd node for the recurrence), or a GRU or LSTM cell
-        with at most CPU_FFT_MAX_GATES gate units."""
+        ``resolve_mode``): an ``nn.RNNCell`` (one autograd node for the recurrence), an ``nn.LSTMCell`` (one
+        call of torch's LSTM), or a GRU cell with at most CPU_FFT_MAX_GATES gate units."""
         cell = self.hidden_cell
-        if type(cell) is nn.RNNCell:
+        if type(cell) in (nn.RNNCell, nn.LSTMCell):
             return True
-        return type(cell) in (nn.GRUCell, nn.LSTMCell) and cell.weight_ih.shape[0] <= CPU_FFT_MAX_GATES
+        return type(cell) is nn.GRUCell and cell.weight_ih.shape[0] <= CPU_FFT_MAX_GATES
 
     def _fused_unsupported(self, lengths) -> str | None:
         """Why the "fused" mode cannot run this call, or None: it has no padding masks and no per-sequence
@@ -486,7 +487,10 @@ class LMU(nn.Module):
             x_last = x[:, -1] if lengths is None else x[torch.arange(batch, device=x.device), lengths - 1]
             h = self.hidden_cell(self._hidden_input(memory, x_last))
             return h, LMUState(memory, h)
-        if mode == "fft" and type(self.hidden_cell) in hidden_ops.TORCH_CELLS:
+        # Folding the cell's input projection into the convolution needs the cell as a loop; torch's own
+        # LSTM takes the memory itself and is the faster of the two where it runs (hidden.uses_torch_lstm).
+        if (mode == "fft" and type(self.hidden_cell) in hidden_ops.TORCH_CELLS
+                and not hidden_ops.uses_torch_lstm(self.hidden_cell, x.device, lengths)):
             return self._forward_fft_folded(x, u_x, state, A_bar, B_bar, H, m0, lengths)
         if mode == "fft" and _leading_linear(self.hidden_cell) is not None:
             return self._forward_fft_folded_linear(x, u_x, state, A_bar, B_bar, H, m0, lengths)
