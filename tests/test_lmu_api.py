@@ -353,3 +353,20 @@ def test_lstm_cells_run_as_torch_lstm_on_the_cpu():
     lmu = contime.LMU(1, 1, 4, 6.0, nn.LSTMCell(4, 3), mode="fft")
     names = _backward_node_names(lmu(torch.randn(2, 9, 1, requires_grad=True))[0])
     assert "SigmoidBackward0" not in names, names  # torch's LSTM node (oneDNN here), not a loop of cell calls
+
+
+def test_pickles_without_the_system_cache():
+    """The cache of discretized matrices is not part of the module's pickled state (deepcopy, torch.save, and
+    aeon's check that predict leaves an estimator unchanged all pickle it)."""
+    import copy
+    import pickle
+
+    lmu = contime.LMU(1, 1, 6, 9.0, nn.Linear(6, 3))
+    before = pickle.dumps(lmu)
+    with torch.no_grad():
+        expected, _ = lmu(torch.ones(2, 5, 1))
+    assert lmu._system_cache  # filled by the call
+    assert pickle.dumps(lmu) == before
+    twin = copy.deepcopy(lmu)
+    assert twin._system_cache == {} and lmu._system_cache
+    torch.testing.assert_close(twin(torch.ones(2, 5, 1))[0], expected, atol=0, rtol=0)

@@ -734,6 +734,13 @@ class LMU(nn.Module):
         u_x = self._input_drive(x_t[:, None], input_mask)[:, 0]
         return self._cell_step(x_t, u_x, state, A_bar, B_bar, recurrent_mask)
 
+    def __getstate__(self):
+        """Pickled (torch.save, copy.deepcopy, joblib) without the system cache: it is rebuilt on demand, and
+        its impulse responses can outweigh the parameters."""
+        state = dict(super().__getstate__())
+        state["_system_cache"] = {}
+        return state
+
     def extra_repr(self) -> str:
         theta = self.theta.detach().cpu().tolist()
         return (f"input_size={self.input_size}, memory_d={self.memory_d}, order={self.order}, "
