@@ -14,6 +14,8 @@ from contime.ops.lmu_memory.common import apply_state_matrix
 from contime.ops.lmu_memory.final import FINAL_CHUNK
 from contime.training.memory import peak_tensor_bytes
 
+from autograd_graph import backward_node_names
+
 ORDER = 7
 # (time, chunk): not a multiple, a multiple, time < chunk, time == chunk, one step per chunk, several chunks.
 SHAPES = [(50, 7), (56, 8), (5, 16), (16, 16), (33, 1), (200, 64)]
@@ -185,3 +187,17 @@ def test_lmu_final_mode_streams_from_float64_matrices():
     ref, _ = layer.double()(x, contime.LMUState(m0, None))
     y, _ = layer.float()(x.float(), contime.LMUState(m0.float(), None))
     assert float((y.double() - ref).norm() / ref.norm()) < 2e-6
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_chunks_are_split_once_under_grad(with_lengths):
+    """With a gradient to u, the chunks come from one split: one slice or gather per chunk would write a zero
+    gradient the size of u per chunk in the backward pass (O(time^2 / chunk))."""
+    A_bar, B_bar = discretize(4, 50.0)
+    u = torch.randn(2, 100, 1, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([100, 61]) if with_lengths else None
+    m = linear_memory_final_chunked(u, A_bar, B_bar, lengths=lengths, chunk=8)
+    names = backward_node_names(m)
+    per_chunk = [n for n in names if n in ("SliceBackward0", "GatherBackward0", "SelectBackward0")]
+    assert len(per_chunk) <= 1, names  # at most the one gather of the whole sequence
+    assert "SplitWithSizesBackward0" in names or "SplitBackward0" in names, names

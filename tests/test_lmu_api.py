@@ -10,6 +10,8 @@ import contime
 from contime import hidden as hidden_ops
 from contime.bidirectional import reverse_padded
 
+from autograd_graph import backward_node_names
+
 
 def small_lmu(**kwargs):
     return contime.LMU(2, 1, 4, 5.0, **kwargs)
@@ -302,19 +304,6 @@ def test_double_backward_is_refused_not_wrong():
         torch.autograd.grad(y.sum(), x, create_graph=True)
 
 
-def _backward_node_names(output: torch.Tensor) -> list[str]:
-    """Names of every node in the autograd graph behind ``output``."""
-    names, seen, stack = [], set(), [output.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.append(type(node).__name__)
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return names
-
-
 @pytest.mark.parametrize("cell_type", [nn.GRUCell, nn.LSTMCell, nn.RNNCell])
 @pytest.mark.parametrize("mode", ["recurrent", "fft", "conv"])
 def test_loops_split_the_sequence_once(cell_type, mode):
@@ -325,7 +314,7 @@ def test_loops_split_the_sequence_once(cell_type, mode):
     lmu = contime.LMU(5, 1, 4, 6.0, cell_type(4 + 5, 3), input_to_hidden=True, mode=mode)
     x = torch.randn(3, time, 5, requires_grad=True)
     y, _ = lmu(x)
-    names = _backward_node_names(y)
+    names = backward_node_names(y)
     assert names.count("SelectBackward0") < time, names  # none per step (an RNNCell runs as one node in fft/conv)
 
 
@@ -351,7 +340,7 @@ def test_lstm_cells_run_as_torch_lstm_on_the_cpu():
         for a, b in zip(g1, g2):
             torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
     lmu = contime.LMU(1, 1, 4, 6.0, nn.LSTMCell(4, 3), mode="fft")
-    names = _backward_node_names(lmu(torch.randn(2, 9, 1, requires_grad=True))[0])
+    names = backward_node_names(lmu(torch.randn(2, 9, 1, requires_grad=True))[0])
     assert "SigmoidBackward0" not in names, names  # torch's LSTM node (oneDNN here), not a loop of cell calls
 
 

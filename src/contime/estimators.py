@@ -141,36 +141,29 @@ class _NetworkEstimator:
             network.train()
             for epoch in range(self.epochs):
                 order = torch.randperm(n_cases, generator=shuffle).to(device)
-                total = 0.0
+                total = torch.zeros((), device=device)  # read once per epoch: .item() per step waits for the GPU
                 for start in range(0, n_cases, self.batch_size):
                     batch = order[start : start + self.batch_size]
                     optimizer.zero_grad()
                     loss = loss_fn(self._forward(network, [t[batch] for t in inputs]), target[batch])
                     loss.backward()
                     optimizer.step()
-                    total += loss.item() * len(batch)
-                self.loss_curve_.append(total / n_cases)
+                    total += loss.detach() * len(batch)
+                self.loss_curve_.append(total.item() / n_cases)
                 if self.verbose:
                     print(f"{type(self).__name__} epoch {epoch + 1}/{self.epochs}: loss {self.loss_curve_[-1]:.4f}")
         network.eval()
-        _clear_caches(network)
         self.network_ = network
 
     def _outputs(self, X, batch_size: int = 256) -> np.ndarray:
         """The trained network's outputs ``(n_cases, out_features)`` as float64."""
         inputs = self._inputs(X)
-        # inference_mode: no gradients, and nothing in the network is cached or changed by predicting.
+        # inference_mode: no gradients. The LMU may cache its discretized matrices, which it never pickles, so
+        # the estimator's pickled (and hashed) state is unchanged by predicting.
         with torch.inference_mode():
             outputs = [self._forward(self.network_, [t[i : i + batch_size] for t in inputs])
                        for i in range(0, inputs[0].shape[0], batch_size)]
         return torch.cat(outputs).to("cpu", torch.float64).numpy()
-
-
-def _clear_caches(network: nn.Module) -> None:
-    """Empty the LMU's cache of discretized matrices: rebuilt on demand, and not worth pickling."""
-    for module in network.modules():
-        if isinstance(module, LMU):
-            module._system_cache.clear()
 
 
 # ------------------------------------------------------------------------------------------------- the tasks

@@ -45,8 +45,8 @@ def linear_memory_final(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tenso
     else:
         m = torch.einsum("btd,dtn->bdn", reversed_u, H)
     if m0 is not None:
-        m = m + _advance(A_bar, m0, lengths if lengths is not None else torch.full_like(m0[:, 0, 0], time,
-                                                                                       dtype=torch.long))
+        steps = lengths if lengths is not None else torch.full_like(m0[:, 0, 0], time, dtype=torch.long)
+        m = m + _advance(A_bar, m0, steps, time)
     return m
 
 
@@ -103,19 +103,10 @@ def linear_memory_final_chunked(u: torch.Tensor, A_bar: torch.Tensor, B_bar: tor
     H_rev = H.flip(1)
     power = torch.linalg.matrix_power(A64, size)  # A_bar^C, (k, n, n), float64
     first = time - (time - 1) // size * size  # steps in the first (partial or full) chunk, in [1, C]
-    if lengths is not None:
-        shift = (time - lengths.to(device=u.device, dtype=torch.long))[:, None]  # zeros in front of sequence b
-        steps = torch.arange(size, device=u.device)
+    widths = [first] + [size] * ((time - first) // size)
     state = None  # (batch, D, n) float64; None is the zero state
-    start = 0
-    while start < time:
-        width = first if start == 0 else size
-        if lengths is None:
-            piece = u[:, start:start + width]  # (batch, width, D), a view
-        else:
-            index = start + steps[None, :width] - shift  # (batch, width): sequence b's step at each position
-            piece = torch.gather(u, 1, index.clamp(min=0)[..., None].expand(-1, -1, dims))
-            piece = piece * (index >= 0)[..., None].to(u.dtype)  # positions before sequence b are zeros
+    for piece in _chunks(u, lengths, widths):
+        width = piece.shape[1]
         kernel = H_rev[:, size - width:]  # (k, width, n): H_{width-1} .. H_0
         if kernel.shape[0] == 1:
             contribution = torch.einsum("btd,tn->bdn", piece, kernel[0])
@@ -124,19 +115,48 @@ def linear_memory_final_chunked(u: torch.Tensor, A_bar: torch.Tensor, B_bar: tor
         contribution = contribution.to(torch.float64)
         # The width of every chunk after the first is C, so A_bar^C carries the state over it.
         state = contribution if state is None else apply_state_matrix(power, state) + contribution
-        start += width
     m = state.to(u.dtype)
     if m0 is not None:
         steps_m0 = lengths if lengths is not None else torch.full_like(m0[:, 0, 0], time, dtype=torch.long)
-        m = m + _advance(A_bar, m0, steps_m0)
+        m = m + _advance(A_bar, m0, steps_m0, time)
     return m
 
 
-def _advance(A_bar: torch.Tensor, m0: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-    """A_bar^steps_b m0_b for each sequence b, by binary powers: log2(max steps) products, O(batch) memory.
+def _chunks(u: torch.Tensor, lengths: torch.Tensor | None, widths: list[int]):
+    """u's steps in consecutive chunks of ``widths`` steps, ``(batch, width, D)`` each, every sequence
+    right-aligned (zeros in front of a shorter one) so that all end at the last position.
+
+    Where a gradient reaches u, the chunks come from one split (of one gather, with lengths): cutting each chunk
+    out by itself would cost, in the backward pass, a zero gradient the size of all of u per chunk, O(time^2 / C).
+    Otherwise each chunk is gathered by itself, so that nothing the size of u is made.
+    """
+    batch, time, dims = u.shape
+    if lengths is None:
+        yield from u.split(widths, dim=1)  # views
+        return
+    shift = (time - lengths.to(device=u.device, dtype=torch.long))[:, None]
+
+    def gather(start, stop):  # positions [start, stop) of every sequence, (batch, stop - start, D)
+        index = torch.arange(start, stop, device=u.device)[None, :] - shift  # < 0 before sequence b starts
+        piece = torch.gather(u, 1, index.clamp(min=0)[..., None].expand(-1, -1, dims))
+        return piece * (index >= 0)[..., None].to(u.dtype)
+
+    if torch.is_grad_enabled() and u.requires_grad:
+        yield from gather(0, time).split(widths, dim=1)
+        return
+    start = 0
+    for width in widths:
+        yield gather(start, start + width)
+        start += width
+
+
+def _advance(A_bar: torch.Tensor, m0: torch.Tensor, steps: torch.Tensor, most: int) -> torch.Tensor:
+    """A_bar^steps_b m0_b for each sequence b, by binary powers: log2(most) products, O(batch) memory.
 
     Args:
-        A_bar: ``(k, n, n)``; m0: ``(batch, D, n)``; steps: ``(batch,)`` integers >= 0.
+        A_bar: ``(k, n, n)``; m0: ``(batch, D, n)``; steps: ``(batch,)`` integers in [0, most].
+        most: an upper bound on ``steps`` known on the host (the sequence length), so that the number of
+            products needs no read of ``steps`` (a synchronization on a GPU).
 
     Returns:
         ``(batch, D, n)`` in m0's dtype (computed in float64, like ``zero_input_response``).
@@ -144,7 +164,7 @@ def _advance(A_bar: torch.Tensor, m0: torch.Tensor, steps: torch.Tensor) -> torc
     state = m0.to(torch.float64)
     power = A_bar.to(torch.float64)  # A_bar^(2^bit)
     remaining = steps.clone()
-    while bool((remaining > 0).any()):
+    for _ in range(int(most).bit_length()):
         take = (remaining % 2 == 1)[:, None, None]
         state = torch.where(take, apply_state_matrix(power, state), state)
         remaining = remaining // 2
