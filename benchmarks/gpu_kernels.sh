@@ -31,6 +31,8 @@
 #   --warmup 2" bash benchmarks/gpu_kernels.sh
 # Later: STEPS=check,bench CHECKS="check_elman check_lmu_fused_mode" CHECK_S=150 BENCH_S=200 BENCH_ARGS="--paths
 #   lmu-fused,lmu-fused-conv,lmu-fused-conv-tf32,lmu-cell-fused-mixed,lmu-fft-elman,lstm --repeat 10 --warmup 2"
+# Also later (no Triton, seconds): `python benchmarks/torch_rnn_cells.py --device cuda --repeat 10`, whether GRU and
+#   LSTM cells should run as one cuDNN call on CUDA too (contime.hidden.uses_torch_lstm: the CPU only for now).
 set -uo pipefail
 PYTHON=${PYTHON:-python3}
 STEPS=${STEPS:-sweep,latency,check,tune,bench,long}

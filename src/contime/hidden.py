@@ -127,9 +127,10 @@ def uses_torch_lstm(cell: nn.Module, device: torch.device | str, lengths: torch.
     """Whether ``recurrent_sequence`` runs ``cell`` as one call of torch's own LSTM (oneDNN on the CPU) instead of
     a loop of cell calls: an ``nn.LSTMCell`` on the CPU, without ``lengths``.
 
-    Measured on this project's CPU (2 threads, huge pages; /tmp script), forward + backward over batch 100 x 784
-    steps, LSTMCell(257, 212): 1.13 s against 1.98 s for the loop; float32 outputs within 5e-7 of it. A GRUCell
-    there took 1.82 s against 1.70 s, so GRU cells keep the loop. On CUDA, cuDNN is not timed yet: the loop runs.
+    Measured on this project's CPU (2 threads, huge pages; ``benchmarks/torch_rnn_cells.py``), forward + backward
+    over batch 100 x 784 steps, LSTMCell(257, 212): 1.13-1.19 s against 1.98-2.12 s for the loop in two runs;
+    float32 outputs within 6.3e-7 of it. A GRUCell there took 1.82-2.05 s against 1.70-1.98 s, so GRU cells keep
+    the loop. On CUDA, cuDNN is not timed yet (the same script with ``--device cuda``): the loop runs there.
     """
     return type(cell) is nn.LSTMCell and lengths is None and torch.device(device).type == "cpu"
 
