@@ -359,3 +359,57 @@ def test_pickles_without_the_system_cache():
     twin = copy.deepcopy(lmu)
     assert twin._system_cache == {} and lmu._system_cache
     torch.testing.assert_close(twin(torch.ones(2, 5, 1))[0], expected, atol=0, rtol=0)
+
+
+def test_lmu_made_under_inference_mode_runs_there():
+    """Parameters made under inference mode have no version counter: such a call is simply not cached."""
+    with torch.inference_mode():
+        lmu = contime.LMU(1, 1, 4, 6.0, nn.RNNCell(4, 3))
+        y, state = lmu(torch.randn(2, 9, 1))
+        h, _ = lmu.step(torch.randn(2, 1), state)
+    assert y.shape == (2, 9, 3) and h.shape == (2, 3)
+
+
+@pytest.mark.parametrize("cell_type", [nn.RNNCell, nn.LSTMCell, nn.GRUCell])
+def test_auto_calls_a_hooked_cell(cell_type):
+    """A hidden cell with hooks (here old-style weight_norm, which recomputes the weight in a forward pre-hook)
+    is called step by step under mode="auto": the batched modes read its weights and would skip the hooks."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # old-style weight_norm is deprecated, still in use
+        cell = nn.utils.weight_norm(cell_type(4, 3), "weight_hh")
+    lmu = contime.LMU(1, 1, 4, 6.0, cell)
+    assert lmu.resolve_mode("cpu") == "fft" and lmu._needs_cell_calls(torch.zeros(1))
+    optimizer = torch.optim.SGD(lmu.parameters(), lr=0.1)
+    x = torch.randn(2, 9, 1)
+    for _ in range(2):  # a stale weight would fail here ("backward through the graph a second time")
+        optimizer.zero_grad()
+        y, _ = lmu(x)
+        y.square().sum().backward()
+        optimizer.step()
+    lmu.mode = "recurrent"
+    expected, _ = lmu(x)
+    lmu.mode = "auto"
+    torch.testing.assert_close(lmu(x)[0], expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("cell_type", [nn.RNNCell, nn.LSTMCell, nn.GRUCell])
+def test_auto_under_forward_mode_ad(cell_type):
+    """torch.func.jvp through mode="auto" (the loop then) equals the loop's."""
+    lmu = contime.LMU(1, 1, 4, 6.0, cell_type(4, 3)).double()
+    x, tangent = torch.randn(2, 9, 1, dtype=torch.float64), torch.randn(2, 9, 1, dtype=torch.float64)
+    _, auto = torch.func.jvp(lambda v: lmu(v)[0], (x,), (tangent,))
+    lmu.mode = "recurrent"
+    _, loop = torch.func.jvp(lambda v: lmu(v)[0], (x,), (tangent,))
+    torch.testing.assert_close(auto, loop, atol=1e-12, rtol=0)
+
+
+def test_lstm_state_stays_float32_under_cpu_autocast():
+    """torch.lstm is on CPU autocast's bfloat16 list; the cell's own dtype is kept, as the loop keeps it, so the
+    state can start a later call without autocast."""
+    lmu = contime.LMU(1, 1, 4, 6.0, nn.LSTMCell(4, 3), mode="fft")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, state = lmu(torch.randn(2, 9, 1))
+    assert all(part.dtype == torch.float32 for part in state.hidden)
+    y, _ = lmu(torch.randn(2, 9, 1), state)
+    assert y.dtype == torch.float32

@@ -137,14 +137,21 @@ def uses_torch_lstm(cell: nn.Module, device: torch.device | str, lengths: torch.
 
 def _torch_lstm_sequence(cell: nn.LSTMCell, inputs: torch.Tensor, state):
     """``nn.LSTMCell`` over a whole ``(batch, time, in_features)`` sequence in one call of torch's LSTM, with the
-    cell's own weights (same layout and gate order as ``nn.LSTM``'s first layer)."""
+    cell's own weights (same layout and gate order as ``nn.LSTM``'s first layer).
+
+    Outside autocast, in the weights' dtype: the cell, called step by step, keeps its state in that dtype
+    under CPU autocast, while torch.lstm is on autocast's bfloat16 list (its bfloat16 state then fails in a
+    later call without autocast)."""
+    dtype = cell.weight_hh.dtype
     if state is None:
-        zeros = inputs.new_zeros(1, inputs.shape[0], cell.hidden_size)
+        zeros = inputs.new_zeros(1, inputs.shape[0], cell.hidden_size, dtype=dtype)
         state = (zeros, zeros)
     else:
-        state = (state[0].unsqueeze(0), state[1].unsqueeze(0))
+        state = (state[0].unsqueeze(0).to(dtype), state[1].unsqueeze(0).to(dtype))
     weights = [cell.weight_ih, cell.weight_hh] + ([cell.bias_ih, cell.bias_hh] if cell.bias else [])
-    h, h_last, c_last = torch.lstm(inputs, state, weights, cell.bias, 1, 0.0, cell.training, False, True)
+    with torch.autocast(inputs.device.type, enabled=False):
+        h, h_last, c_last = torch.lstm(inputs.to(dtype), state, weights, cell.bias, 1, 0.0, cell.training, False,
+                                       True)
     return h, (h_last[0], c_last[0])
 
 

@@ -37,7 +37,7 @@ from .ops.lmu_cell import PRECISIONS as KERNEL_PRECISIONS
 from .ops.lmu_cell import lmu_cell_convolution, lmu_cell_sequence, triton_available
 from .ops.lmu_cell import convolution as convolution_algorithm
 from .ops.lmu_memory.dispatch import causal_projection, memory_all_steps
-from .ops.lmu_memory.common import apply_state_matrix, zero_input_response
+from .ops.lmu_memory.common import apply_state_matrix, under_transform, zero_input_response
 from .ops.lmu_memory.final import FINAL_CHUNK
 
 MODES = ("auto", "recurrent", "fused", "fft", "conv", "final")
@@ -270,6 +270,25 @@ class LMU(nn.Module):
             return True
         return type(cell) is nn.GRUCell and cell.weight_ih.shape[0] <= CPU_FFT_MAX_GATES
 
+    def _reads_cell_weights(self, mode: str) -> bool:
+        """Whether ``mode`` computes the hidden cell from its weights instead of calling it: "fused", and "fft"
+        or "conv" with torch's RNN cells (and "fft" with a leading ``nn.Linear``), whose products are batched
+        over all steps. The cell's hooks do not run there, and its ops have no forward-mode AD."""
+        if mode == "fused":
+            return True
+        if mode in ("fft", "conv") and type(self.hidden_cell) in hidden_ops.TORCH_CELLS:
+            return True
+        return mode == "fft" and _leading_linear(self.hidden_cell) is not None
+
+    def _needs_cell_calls(self, x: torch.Tensor) -> bool:
+        """Whether this call must call the hidden cell step by step: it (or a module in it) has forward hooks
+        or pre-hooks (old-style weight_norm, pruning, probes), or global ones are registered, or forward-mode
+        AD or a torch.func transform is at work (the batched paths' custom autograd nodes have no jvp or vmap
+        rule). ``mode="auto"`` then takes the loop."""
+        hooks = (nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+                 or any(m._forward_hooks or m._forward_pre_hooks for m in self.hidden_cell.modules()))
+        return bool(hooks) or under_transform(x, *self.hidden_cell.parameters())
+
     def _fused_unsupported(self, lengths) -> str | None:
         """Why the "fused" mode cannot run this call, or None: it has no padding masks and no per-sequence
         recurrent dropout."""
@@ -297,7 +316,9 @@ class LMU(nn.Module):
         matrix exponential and the impulse response costs far more than a short forward pass.
         """
         # Never cache while a gradient to theta is wanted; the key holds everything the matrices depend on.
-        cacheable = not (torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.theta.requires_grad))
+        # (theta made under inference mode has no version counter to key on.)
+        cacheable = not (torch.compiler.is_compiling() or self.theta.is_inference()
+                         or (torch.is_grad_enabled() and self.theta.requires_grad))
         matrix_dtype = matrix_dtype or dtype
         key = (self.theta._version, self.theta.data_ptr(), self.theta.device, dtype, matrix_dtype, length,
                self.order, self.discretizer, time_scale) if cacheable else None
@@ -667,6 +688,8 @@ class LMU(nn.Module):
         starts_at_zero = state is None
         state = self._check_state(state, batch, x)
         mode = "varying" if time_scale is None else self.resolve_mode(x.device)
+        if self.mode == "auto" and self._reads_cell_weights(mode) and self._needs_cell_calls(x):
+            mode = "recurrent"
         if mode == "fused" and self._fused_unsupported(lengths):
             if self.mode == "fused":
                 raise ValueError(f"mode='fused' does not support {self._fused_unsupported(lengths)}; "

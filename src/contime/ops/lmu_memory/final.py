@@ -62,7 +62,8 @@ def linear_memory_final_chunked(u: torch.Tensor, A_bar: torch.Tensor, B_bar: tor
     ``lengths``: the sequences are right-aligned, i.e. sequence b is read as if it had ``time - len_b`` zero
     inputs in front, so that every sequence ends on the last step. Zero inputs before the first real one
     leave a zero state zero, so the state after the last chunk is exactly every sequence's state after its
-    own last valid step; the chunks are read with a gather per chunk (never a shifted copy of all of u).
+    own last valid step. The chunks are read with a gather per chunk (no shifted copy of all of u), except
+    where a gradient reaches u: then one gather and one split (see ``_chunks``).
     The first chunk is the partial one (``time mod C`` steps, or C, using H_0 .. H_(width-1)), so every
     later chunk ends C steps after the previous one and the last one ends on the last step.
 
