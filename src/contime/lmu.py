@@ -243,6 +243,9 @@ class LMU(nn.Module):
           GRUCell(256) 0.93; but GRUCell(212) and LSTMCell(212) at the psMNIST shape 1.03-1.15 and 1.46 (one
           round, with the variable). Through torch's LSTM, the LSTMCells went to 0.23 and 0.58 (one round).
         - Otherwise "fft".
+
+        A call (``forward``) still takes the loop where the hidden cell has hooks or a transform is at work,
+        whatever this says (``_needs_cell_calls``).
         """
         if self.mode != "auto":
             return self.mode
