@@ -413,3 +413,18 @@ def test_lstm_state_stays_float32_under_cpu_autocast():
     assert all(part.dtype == torch.float32 for part in state.hidden)
     y, _ = lmu(torch.randn(2, 9, 1), state)
     assert y.dtype == torch.float32
+
+
+def test_padded_call_of_a_large_lstm_takes_the_loop(monkeypatch):
+    """mode="auto" with lengths on the CPU: an LSTM cell beyond CPU_FFT_MAX_GATES takes the loop (torch's LSTM
+    takes no lengths, and the folded loop was measured slower there); without lengths, fft."""
+    lmu = contime.LMU(1, 1, 4, 6.0, nn.LSTMCell(4, 200))
+    recurrent_calls = []
+    original = contime.LMU._forward_recurrent
+    monkeypatch.setattr(lmu, "_forward_recurrent",
+                        lambda *args, **kwargs: recurrent_calls.append(1) or original(lmu, *args, **kwargs))
+    x = torch.randn(2, 7, 1)
+    lmu(x)
+    assert recurrent_calls == []
+    lmu(x, lengths=torch.tensor([7, 3]))
+    assert recurrent_calls == [1]

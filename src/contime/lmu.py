@@ -245,13 +245,16 @@ class LMU(nn.Module):
         - Otherwise "fft".
 
         A call (``forward``) still takes the loop where the hidden cell has hooks or a transform is at work,
-        whatever this says (``_needs_cell_calls``).
+        whatever this says (``_needs_cell_calls``), and for an LSTM cell of more than CPU_FFT_MAX_GATES gate
+        units called with ``lengths`` on the CPU (torch's LSTM takes no lengths; its folded loop there was the
+        1.46 above).
         """
         if self.mode != "auto":
             return self.mode
         return self._auto_mode(device, allow_fused=True)
 
-    def _auto_mode(self, device, allow_fused: bool) -> str:
+    def _auto_mode(self, device, allow_fused: bool, padded: bool = False) -> str:
+        """``resolve_mode``'s choice; ``padded``: the call has ``lengths``, which some measured paths lack."""
         modes = [m for m in self.valid_modes() if allow_fused or m != "fused"]
         on_cpu = device is None or torch.device(device).type == "cpu"
         feedback = self.hidden_to_memory or self.memory_to_memory
@@ -260,18 +263,20 @@ class LMU(nn.Module):
             return "final"
         if "fused" in modes and (on_cpu and feedback and small or not on_cpu and triton_available()):
             return "fused"
-        if "fft" in modes and not (on_cpu and self.hidden_kind == "recurrent" and not self._fft_beats_loop_on_cpu()):
+        if "fft" in modes and not (on_cpu and self.hidden_kind == "recurrent"
+                                   and not self._fft_beats_loop_on_cpu(padded)):
             return "fft"
         return "recurrent"
 
-    def _fft_beats_loop_on_cpu(self) -> bool:
+    def _fft_beats_loop_on_cpu(self, padded: bool = False) -> bool:
         """For a recurrent hidden cell: whether "fft" was measured faster than the loop on the CPU (see
         ``resolve_mode``): an ``nn.RNNCell`` (one autograd node for the recurrence), an ``nn.LSTMCell`` (one
-        call of torch's LSTM), or a GRU cell with at most CPU_FFT_MAX_GATES gate units."""
+        call of torch's LSTM, which takes no ``lengths``: a padded call folds like a GRU cell), or a GRU or
+        padded LSTM cell with at most CPU_FFT_MAX_GATES gate units."""
         cell = self.hidden_cell
-        if type(cell) in (nn.RNNCell, nn.LSTMCell):
+        if type(cell) is nn.RNNCell or type(cell) is nn.LSTMCell and not padded:
             return True
-        return type(cell) is nn.GRUCell and cell.weight_ih.shape[0] <= CPU_FFT_MAX_GATES
+        return type(cell) in (nn.GRUCell, nn.LSTMCell) and cell.weight_ih.shape[0] <= CPU_FFT_MAX_GATES
 
     def _reads_cell_weights(self, mode: str) -> bool:
         """Whether ``mode`` computes the hidden cell from its weights instead of calling it: "fused", and "fft"
@@ -690,7 +695,8 @@ class LMU(nn.Module):
         time_scale = 1.0 if dt is None else self._constant_step(dt)
         starts_at_zero = state is None
         state = self._check_state(state, batch, x)
-        mode = "varying" if time_scale is None else self.resolve_mode(x.device)
+        mode = ("varying" if time_scale is None else self.mode if self.mode != "auto"
+                else self._auto_mode(x.device, allow_fused=True, padded=lengths is not None))
         if self.mode == "auto" and self._reads_cell_weights(mode) and self._needs_cell_calls(x):
             mode = "recurrent"
         if mode == "fused" and self._fused_unsupported(lengths):
