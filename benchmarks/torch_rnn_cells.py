@@ -22,10 +22,10 @@ from contime import hidden as hidden_ops
 
 def one_call(cell: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """``(batch, time, hidden)`` from torch.lstm / torch.gru with the cell's own weights, from a zero state."""
+    if isinstance(cell, nn.LSTMCell):  # the library's own path
+        return hidden_ops._torch_lstm_sequence(cell, inputs, None)[0]
     zeros = inputs.new_zeros(1, inputs.shape[0], cell.hidden_size)
     weights = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
-    if isinstance(cell, nn.LSTMCell):
-        return torch.lstm(inputs, (zeros, zeros), weights, True, 1, 0.0, True, False, True)[0]
     return torch.gru(inputs, zeros, weights, True, 1, 0.0, True, False, True)[0]
 
 

@@ -323,10 +323,10 @@ def test_lstm_cells_run_as_torch_lstm_on_the_cpu():
     against the loop of cell calls, with and without a starting state. The float64 equality of every mode with
     the loop, gradients included, is in test_lmu_modes."""
     cell = nn.LSTMCell(6, 5)
-    assert hidden_ops.uses_torch_lstm(cell, "cpu", None)
-    assert not hidden_ops.uses_torch_lstm(cell, "cpu", torch.tensor([3]))  # padding: the loop masks each step
-    assert not hidden_ops.uses_torch_lstm(cell, "cuda", None)  # cuDNN not timed yet
-    assert not hidden_ops.uses_torch_lstm(nn.GRUCell(6, 5), "cpu", None)  # measured slower than the loop
+    assert hidden_ops.uses_torch_lstm(cell, "cpu", False)
+    assert not hidden_ops.uses_torch_lstm(cell, "cpu", True)  # padding: the loop masks each step
+    assert not hidden_ops.uses_torch_lstm(cell, "cuda", False)  # cuDNN not timed yet
+    assert not hidden_ops.uses_torch_lstm(nn.GRUCell(6, 5), "cpu", False)  # measured slower than the loop
     inputs = torch.randn(4, 30, 6, requires_grad=True)
     for state in (None, (torch.randn(4, 5), torch.randn(4, 5))):
         results = []

@@ -301,9 +301,9 @@ def test_auto_picks_the_fastest_valid_mode():
     # Padded calls: torch's LSTM takes no lengths, so a large LSTM cell is held to the GRU cells' limit.
     large_lstm = contime.LMU(1, 1, 4, 5.0, nn.LSTMCell(5, 212), input_to_hidden=True)
     small_lstm = contime.LMU(1, 1, 4, 5.0, nn.LSTMCell(5, 64), input_to_hidden=True)
-    assert large_lstm._auto_mode("cpu", True, padded=True) == "recurrent"
-    assert small_lstm._auto_mode("cpu", True, padded=True) == "fft"
-    assert large_lstm._auto_mode("cuda", True, padded=True) == "fft"
+    assert large_lstm.resolve_mode("cpu", padded=True) == "recurrent"
+    assert small_lstm.resolve_mode("cpu", padded=True) == "fft"
+    assert large_lstm.resolve_mode("cuda", padded=True) == "fft"
     # The fused cell: one autograd node; on this CPU its torch twin ran 2.6x faster than the loop (Mackey-Glass).
     assert contime.LMU(1, 1, 4, 5.0, nn.RNNCell(4, 3), hidden_to_memory=True).resolve_mode() == "fused"
     assert contime.LMU(1, 1, 4, 5.0, nn.GRUCell(4, 3), hidden_to_memory=True).resolve_mode() == "recurrent"

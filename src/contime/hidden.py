@@ -123,16 +123,16 @@ def torch_cell_sequence(cell: nn.Module, projected: torch.Tensor, state, lengths
     return torch.stack(outputs, dim=1), state
 
 
-def uses_torch_lstm(cell: nn.Module, device: torch.device | str, lengths: torch.Tensor | None) -> bool:
+def uses_torch_lstm(cell: nn.Module, device: torch.device | str, padded: bool) -> bool:
     """Whether ``recurrent_sequence`` runs ``cell`` as one call of torch's own LSTM (oneDNN on the CPU) instead of
-    a loop of cell calls: an ``nn.LSTMCell`` on the CPU, without ``lengths``.
+    a loop of cell calls: an ``nn.LSTMCell`` on the CPU, in a call without ``lengths`` (``padded`` False).
 
     Measured on this project's CPU (2 threads, huge pages; ``benchmarks/torch_rnn_cells.py``), forward + backward
     over batch 100 x 784 steps, LSTMCell(257, 212): 1.13-1.19 s against 1.98-2.12 s for the loop in two runs;
     float32 outputs within 6.3e-7 of it. A GRUCell there took 1.82-2.05 s against 1.70-1.98 s, so GRU cells keep
     the loop. On CUDA, cuDNN is not timed yet (the same script with ``--device cuda``): the loop runs there.
     """
-    return type(cell) is nn.LSTMCell and lengths is None and torch.device(device).type == "cpu"
+    return type(cell) is nn.LSTMCell and not padded and torch.device(device).type == "cpu"
 
 
 def _torch_lstm_sequence(cell: nn.LSTMCell, inputs: torch.Tensor, state):
@@ -169,7 +169,7 @@ def recurrent_sequence(cell: nn.Module, inputs: torch.Tensor, state, lengths: to
     Returns:
         h for every step ``(batch, time, hidden)`` and the final state.
     """
-    if fast and uses_torch_lstm(cell, inputs.device, lengths):
+    if fast and uses_torch_lstm(cell, inputs.device, lengths is not None):
         return _torch_lstm_sequence(cell, inputs, state)
     if fast and type(cell) in TORCH_CELLS:
         # One product for all steps, time-major.

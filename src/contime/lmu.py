@@ -221,7 +221,7 @@ class LMU(nn.Module):
                 modes.append("final")
         return tuple(modes)
 
-    def resolve_mode(self, device: torch.device | str | None = None) -> str:
+    def resolve_mode(self, device: torch.device | str | None = None, padded: bool = False) -> str:
         """The mode a forward call on ``device`` will use (``mode="auto"``: the fastest valid one, as measured).
 
         - "final" when valid (one product, no loop).
@@ -244,17 +244,17 @@ class LMU(nn.Module):
           round, with the variable). Through torch's LSTM, the LSTMCells went to 0.23 and 0.58 (one round).
         - Otherwise "fft".
 
+        ``padded``: for a call with ``lengths``. torch's LSTM takes none, so an LSTM cell of more than
+        CPU_FFT_MAX_GATES gate units then keeps the loop on the CPU (its folded loop was the 1.46 above).
+
         A call (``forward``) still takes the loop where the hidden cell has hooks or a transform is at work,
-        whatever this says (``_needs_cell_calls``), and for an LSTM cell of more than CPU_FFT_MAX_GATES gate
-        units called with ``lengths`` on the CPU (torch's LSTM takes no lengths; its folded loop there was the
-        1.46 above).
+        whatever this says (``_needs_cell_calls``).
         """
         if self.mode != "auto":
             return self.mode
-        return self._auto_mode(device, allow_fused=True)
+        return self._auto_mode(device, allow_fused=True, padded=padded)
 
     def _auto_mode(self, device, allow_fused: bool, padded: bool = False) -> str:
-        """``resolve_mode``'s choice; ``padded``: the call has ``lengths``, which some measured paths lack."""
         modes = [m for m in self.valid_modes() if allow_fused or m != "fused"]
         on_cpu = device is None or torch.device(device).type == "cpu"
         feedback = self.hidden_to_memory or self.memory_to_memory
@@ -268,13 +268,13 @@ class LMU(nn.Module):
             return "fft"
         return "recurrent"
 
-    def _fft_beats_loop_on_cpu(self, padded: bool = False) -> bool:
+    def _fft_beats_loop_on_cpu(self, padded: bool) -> bool:
         """For a recurrent hidden cell: whether "fft" was measured faster than the loop on the CPU (see
-        ``resolve_mode``): an ``nn.RNNCell`` (one autograd node for the recurrence), an ``nn.LSTMCell`` (one
-        call of torch's LSTM, which takes no ``lengths``: a padded call folds like a GRU cell), or a GRU or
-        padded LSTM cell with at most CPU_FFT_MAX_GATES gate units."""
+        ``resolve_mode``): an ``nn.RNNCell`` (one autograd node for the recurrence), an LSTM cell that runs as
+        torch's LSTM (``hidden.uses_torch_lstm``), or a GRU or padded LSTM cell (whose projection "fft" folds)
+        with at most CPU_FFT_MAX_GATES gate units."""
         cell = self.hidden_cell
-        if type(cell) is nn.RNNCell or type(cell) is nn.LSTMCell and not padded:
+        if type(cell) is nn.RNNCell or hidden_ops.uses_torch_lstm(cell, "cpu", padded):
             return True
         return type(cell) in (nn.GRUCell, nn.LSTMCell) and cell.weight_ih.shape[0] <= CPU_FFT_MAX_GATES
 
@@ -523,7 +523,7 @@ class LMU(nn.Module):
         # Folding the cell's input projection into the convolution needs the cell as a loop; torch's own
         # LSTM takes the memory itself and is the faster of the two where it runs (hidden.uses_torch_lstm).
         if (mode == "fft" and type(self.hidden_cell) in hidden_ops.TORCH_CELLS
-                and not hidden_ops.uses_torch_lstm(self.hidden_cell, x.device, lengths)):
+                and not hidden_ops.uses_torch_lstm(self.hidden_cell, x.device, lengths is not None)):
             return self._forward_fft_folded(x, u_x, state, A_bar, B_bar, H, m0, lengths)
         if mode == "fft" and _leading_linear(self.hidden_cell) is not None:
             return self._forward_fft_folded_linear(x, u_x, state, A_bar, B_bar, H, m0, lengths)
@@ -695,8 +695,7 @@ class LMU(nn.Module):
         time_scale = 1.0 if dt is None else self._constant_step(dt)
         starts_at_zero = state is None
         state = self._check_state(state, batch, x)
-        mode = ("varying" if time_scale is None else self.mode if self.mode != "auto"
-                else self._auto_mode(x.device, allow_fused=True, padded=lengths is not None))
+        mode = "varying" if time_scale is None else self.resolve_mode(x.device, padded=lengths is not None)
         if self.mode == "auto" and self._reads_cell_weights(mode) and self._needs_cell_calls(x):
             mode = "recurrent"
         if mode == "fused" and self._fused_unsupported(lengths):

@@ -45,8 +45,7 @@ def linear_memory_final(u: torch.Tensor, A_bar: torch.Tensor, B_bar: torch.Tenso
     else:
         m = torch.einsum("btd,dtn->bdn", reversed_u, H)
     if m0 is not None:
-        steps = lengths if lengths is not None else torch.full_like(m0[:, 0, 0], time, dtype=torch.long)
-        m = m + _advance(A_bar, m0, steps, time)
+        m = m + _advance(A_bar, m0, lengths, time)
     return m
 
 
@@ -87,7 +86,7 @@ def linear_memory_final_chunked(u: torch.Tensor, A_bar: torch.Tensor, B_bar: tor
     Returns:
         ``(batch, D, n)`` in u's dtype.
     """
-    batch, time, dims = u.shape
+    time = u.shape[1]
     if time < 1:
         raise ValueError(f"time must be >= 1, got {time}")
     if chunk < 1:
@@ -118,8 +117,7 @@ def linear_memory_final_chunked(u: torch.Tensor, A_bar: torch.Tensor, B_bar: tor
         state = contribution if state is None else apply_state_matrix(power, state) + contribution
     m = state.to(u.dtype)
     if m0 is not None:
-        steps_m0 = lengths if lengths is not None else torch.full_like(m0[:, 0, 0], time, dtype=torch.long)
-        m = m + _advance(A_bar, m0, steps_m0, time)
+        m = m + _advance(A_bar, m0, lengths, time)
     return m
 
 
@@ -151,21 +149,23 @@ def _chunks(u: torch.Tensor, lengths: torch.Tensor | None, widths: list[int]):
         start += width
 
 
-def _advance(A_bar: torch.Tensor, m0: torch.Tensor, steps: torch.Tensor, most: int) -> torch.Tensor:
-    """A_bar^steps_b m0_b for each sequence b, by binary powers: log2(most) products, O(batch) memory.
+def _advance(A_bar: torch.Tensor, m0: torch.Tensor, lengths: torch.Tensor | None, time: int) -> torch.Tensor:
+    """A_bar^len_b m0_b for each sequence b, by binary powers: log2(time) products, O(batch) memory.
 
     Args:
-        A_bar: ``(k, n, n)``; m0: ``(batch, D, n)``; steps: ``(batch,)`` integers in [0, most].
-        most: an upper bound on ``steps`` known on the host (the sequence length), so that the number of
-            products needs no read of ``steps`` (a synchronization on a GPU).
+        A_bar: ``(k, n, n)``; m0: ``(batch, D, n)``.
+        lengths: ``(batch,)`` integers in [0, time], or None for ``time`` steps each.
+        time: the sequence length, known on the host, so that the number of products needs no read of
+            ``lengths`` (a synchronization on a GPU).
 
     Returns:
         ``(batch, D, n)`` in m0's dtype (computed in float64, like ``zero_input_response``).
     """
     state = m0.to(torch.float64)
     power = A_bar.to(torch.float64)  # A_bar^(2^bit)
-    remaining = steps.clone()
-    for _ in range(int(most).bit_length()):
+    remaining = (lengths.clone() if lengths is not None
+                 else torch.full_like(m0[:, 0, 0], time, dtype=torch.long))
+    for _ in range(int(time).bit_length()):
         take = (remaining % 2 == 1)[:, None, None]
         state = torch.where(take, apply_state_matrix(power, state), state)
         remaining = remaining // 2
