@@ -31,7 +31,7 @@ def one_call(cell: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
 
 def loop(cell: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """The loop of cell calls, with the input projection batched (``recurrent_sequence`` without torch's LSTM)."""
-    projected = nn.functional.linear(inputs.transpose(0, 1), cell.weight_ih, cell.bias_ih)
+    projected = nn.functional.linear(inputs.transpose(0, 1), cell.weight_ih, hidden_ops.input_bias(cell))
     return hidden_ops.torch_cell_sequence(cell, projected, None, None)[0]
 
 

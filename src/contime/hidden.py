@@ -65,11 +65,19 @@ def masked_update(valid: torch.Tensor, new, old):
     return torch.where(valid, new, old)
 
 
+def input_bias(cell: nn.Module) -> torch.Tensor | None:
+    """The bias that ``torch_cell_sequence`` expects in its projected input, ``(gates*hidden,)`` or None: for
+    ``nn.RNNCell`` and ``nn.LSTMCell`` both biases (each step adds them to the same pre-activation, so they are
+    added once for all steps rather than at every step), for ``nn.GRUCell`` ``bias_ih`` alone (its ``bias_hh``
+    is scaled by the reset gate)."""
+    if cell.bias_ih is None:
+        return None
+    return cell.bias_ih if isinstance(cell, nn.GRUCell) else cell.bias_ih + cell.bias_hh
+
+
 def _elman_steps(cell: nn.RNNCell, projected: torch.Tensor, state, lengths: torch.Tensor | None):
     """``nn.RNNCell`` through the one-node Elman recurrence. Same contract as ``torch_cell_sequence``."""
     time, batch, _ = projected.shape
-    if cell.bias_hh is not None:
-        projected = projected + cell.bias_hh
     h0 = projected.new_zeros(batch, cell.hidden_size) if state is None else state
     valid = None
     if lengths is not None:
@@ -83,8 +91,8 @@ def torch_cell_sequence(cell: nn.Module, projected: torch.Tensor, state, lengths
 
     Args:
         cell: ``nn.RNNCell``, ``nn.GRUCell`` or ``nn.LSTMCell``.
-        projected: ``(time, batch, gates*hidden)``, ``inputs @ cell.weight_ih.T + cell.bias_ih``, time-major
-            so that each step reads one contiguous block.
+        projected: ``(time, batch, gates*hidden)``, ``inputs @ cell.weight_ih.T + input_bias(cell)``,
+            time-major so that each step reads one contiguous block.
         state: as the cell takes it, or None.
         lengths: ``(batch,)`` or None; the state stops changing past each length.
 
@@ -94,8 +102,8 @@ def torch_cell_sequence(cell: nn.Module, projected: torch.Tensor, state, lengths
     if isinstance(cell, nn.RNNCell):
         return _elman_steps(cell, projected, state, lengths)
     time, batch, _ = projected.shape
-    w_hh, b_hh = cell.weight_hh, cell.bias_hh
     is_lstm = isinstance(cell, nn.LSTMCell)
+    w_hh, b_hh = cell.weight_hh, (None if is_lstm else cell.bias_hh)  # the LSTM's is in projected
     if state is None:
         zeros = projected.new_zeros(batch, cell.hidden_size)
         state = (zeros, zeros) if is_lstm else zeros
@@ -173,7 +181,7 @@ def recurrent_sequence(cell: nn.Module, inputs: torch.Tensor, state, lengths: to
         return _torch_lstm_sequence(cell, inputs, state)
     if fast and type(cell) in TORCH_CELLS:
         # One product for all steps, time-major.
-        projected = nn.functional.linear(inputs.transpose(0, 1), cell.weight_ih, cell.bias_ih)
+        projected = nn.functional.linear(inputs.transpose(0, 1), cell.weight_ih, input_bias(cell))
         return torch_cell_sequence(cell, projected, state, lengths)
     outputs = []
     for t, inputs_t in enumerate(inputs.unbind(1)):  # unbind: see torch_cell_sequence

@@ -555,16 +555,19 @@ class LMU(nn.Module):
         cell = self.hidden_cell
         memory_size = self.memory_d * self.order
         weight_memory = cell.weight_ih[:, :memory_size].reshape(-1, self.memory_d, self.order)
-        # Time-major: the cell's loop then reads one contiguous (batch, gates) block per step.
+        # Time-major: the cell's loop then reads one contiguous (batch, gates) block per step. The copy into
+        # that layout is always a fresh tensor (clone, not contiguous(), which returns a view when the layout
+        # already fits, as for batch 1), so W_x x_t and the bias are accumulated into it in place: one pass
+        # each over the (time, batch, gates) block instead of a new block per term.
         projected = causal_projection(u_x, A_bar, B_bar, weight_memory, m0, H, self.kernel_precision)
-        projected = projected.transpose(0, 1)
-        projected = projected.contiguous().view(-1, projected.shape[-1])  # (time*batch, gates)
-        if self.input_to_hidden:  # W_x x_t accumulated into the same buffer by the product itself
-            projected = torch.addmm(projected, x.transpose(0, 1).reshape(-1, self.input_size),
-                                    cell.weight_ih[:, memory_size:].t())
-        projected = projected.view(x.shape[1], x.shape[0], -1)
-        if cell.bias_ih is not None:
-            projected = projected + cell.bias_ih
+        projected = projected.transpose(0, 1).clone(memory_format=torch.contiguous_format)
+        if self.input_to_hidden:
+            x_flat = x.transpose(0, 1).reshape(-1, self.input_size).to(projected.dtype)  # (time*batch, input)
+            weight_x = cell.weight_ih[:, memory_size:].t().to(projected.dtype)
+            projected.view(-1, projected.shape[-1]).addmm_(x_flat, weight_x)
+        bias = hidden_ops.input_bias(cell)
+        if bias is not None:
+            projected.add_(bias)
         h, hidden = hidden_ops.torch_cell_sequence(cell, projected, state.hidden, lengths)
         final_memory = linear_memory_final(u_x, A_bar, B_bar, m0, lengths, impulse=H).reshape(batch, -1)
         return h, LMUState(final_memory, hidden)
