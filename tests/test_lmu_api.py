@@ -393,6 +393,26 @@ def test_auto_calls_a_hooked_cell(cell_type):
     torch.testing.assert_close(lmu(x)[0], expected, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("mode, cell", [("fft", nn.RNNCell(4, 3)), ("conv", nn.GRUCell(4, 3)),
+                                        ("fused", nn.RNNCell(4, 3)), ("fft", nn.Sequential(nn.Linear(4, 3)))])
+def test_explicit_batched_mode_refuses_a_hooked_cell(mode, cell):
+    """An explicit mode that reads the cell's weights would skip its hooks silently: it raises instead, naming
+    the mode and hidden_cell; without the hook the same call runs, and the loop honours the hook."""
+    lmu = contime.LMU(1, 1, 4, 6.0, cell, mode=mode)
+    x = torch.randn(2, 9, 1)
+    lmu(x)  # no hook yet
+    calls = []
+    handle = cell.register_forward_hook(lambda module, args, out: calls.append(1))
+    with pytest.raises(ValueError, match=rf"mode='{mode}'.*hooks on hidden_cell.*mode='recurrent'"):
+        lmu(x)
+    lmu.mode = "recurrent"
+    lmu(x)
+    assert calls  # the loop called the cell, so its hook ran
+    handle.remove()
+    lmu.mode = mode
+    lmu(x)
+
+
 @pytest.mark.parametrize("cell_type", [nn.RNNCell, nn.LSTMCell, nn.GRUCell])
 def test_auto_under_forward_mode_ad(cell_type):
     """torch.func.jvp through mode="auto" (the loop then) equals the loop's."""

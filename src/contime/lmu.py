@@ -294,8 +294,21 @@ class LMU(nn.Module):
         AD or a torch.func transform is at work (the batched paths' custom autograd nodes have no jvp or vmap
         rule). ``mode="auto"`` then takes the loop."""
         hooks = (nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
-                 or any(m._forward_hooks or m._forward_pre_hooks for m in self.hidden_cell.modules()))
+                 or self._cell_has_hooks())
         return bool(hooks) or under_transform(x, *self.hidden_cell.parameters())
+
+    def _cell_has_hooks(self) -> bool:
+        """Whether the hidden cell, or a module in it, has forward hooks or pre-hooks of its own."""
+        return any(m._forward_hooks or m._forward_pre_hooks for m in self.hidden_cell.modules())
+
+    def _refuse_skipped_hooks(self, mode: str) -> None:
+        """An explicit mode that reads the cell's weights would skip the cell's own hooks without a word (an
+        old-style weight_norm would then train on a stale weight): refuse, naming the way out. Global hooks,
+        which tools register for every module, are left to them."""
+        if self.mode != "auto" and self._reads_cell_weights(mode) and self._cell_has_hooks():
+            raise ValueError(f"mode={mode!r} computes hidden_cell from its weights without calling it, so the "
+                             f"forward hooks on hidden_cell (or a module in it) would not run; use "
+                             f"mode='recurrent', or mode='auto', which calls a hooked cell step by step")
 
     def _fused_unsupported(self, lengths) -> str | None:
         """Why the "fused" mode cannot run this call, or None: it has no padding masks and no per-sequence
@@ -701,6 +714,7 @@ class LMU(nn.Module):
         mode = "varying" if time_scale is None else self.resolve_mode(x.device, padded=lengths is not None)
         if self.mode == "auto" and self._reads_cell_weights(mode) and self._needs_cell_calls(x):
             mode = "recurrent"
+        self._refuse_skipped_hooks(mode)
         if mode == "fused" and self._fused_unsupported(lengths):
             if self.mode == "fused":
                 raise ValueError(f"mode='fused' does not support {self._fused_unsupported(lengths)}; "
