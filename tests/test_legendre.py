@@ -23,6 +23,7 @@ import scipy.interpolate
 import torch
 from scipy.signal import cont2discrete
 
+from contime import legendre
 from contime.legendre import (
     DISCRETIZERS,
     discretize,
@@ -114,6 +115,29 @@ def _discretize_cases():
                 for dt in (1e-3, 0.05, 1.0):
                                     yield pytest.param(method, order, theta, dt,
                                        id=f"{method}-d{order}-theta{theta:g}-dt{dt:g}")
+
+
+@pytest.mark.parametrize("method", DISCRETIZERS)
+def test_discretize_after_inference_mode_still_differentiates(method):
+    """discretize keeps the LegT matrices of each (order, device, dtype) after the first call; one made under
+    inference mode must not turn later calls' matrices into inference tensors, which cannot be saved for a
+    backward pass."""
+    with torch.inference_mode():
+        discretize(7, torch.tensor([3.0], dtype=torch.float64), 1.0, method)
+    theta = torch.tensor([3.0], dtype=torch.float64, requires_grad=True)
+    A_bar, B_bar = discretize(7, theta, 1.0, method)
+    (A_bar.sum() + B_bar.sum()).backward()
+    assert theta.grad is not None and torch.isfinite(theta.grad).all()
+    A, B = legt_matrices(7)
+    kept_A, kept_B = legendre._legt_on(7, torch.device("cpu"), torch.float64)
+    assert torch.equal(kept_A, A) and torch.equal(kept_B, B) and not kept_A.is_inference()
+    assert legendre._legt_on(7, torch.device("cpu"), torch.float64)[0] is kept_A
+
+
+@pytest.mark.parametrize("order", [[3], 2.0, True])
+def test_discretize_bad_order_is_named(order):
+    with pytest.raises(ValueError, match="order must be an integer >= 1"):
+        discretize(order, 3.0)
 
 
 @pytest.mark.parametrize("method,order,theta,dt", list(_discretize_cases()))

@@ -21,6 +21,8 @@ lengths at once (irregularly sampled series).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import scipy.special
 import torch
@@ -35,8 +37,7 @@ def legt_matrices(order: int) -> tuple[torch.Tensor, torch.Tensor]:
         A: ``(order, order)`` float64.
         B: ``(order,)`` float64.
     """
-    if not isinstance(order, int) or order < 1:
-        raise ValueError(f"order must be an integer >= 1, got {order!r}")
+    _check_order(order)
     i = torch.arange(order, dtype=torch.float64)[:, None]
     j = torch.arange(order, dtype=torch.float64)[None, :]
     sign_lower = torch.where(((i - j + 1) % 2) == 0, 1.0, -1.0)  # (-1)^(i-j+1)
@@ -44,6 +45,26 @@ def legt_matrices(order: int) -> tuple[torch.Tensor, torch.Tensor]:
     k = torch.arange(order, dtype=torch.float64)
     B = (2 * k + 1) * torch.where(k % 2 == 0, 1.0, -1.0)
     return A, B
+
+
+def _check_order(order) -> None:
+    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+        raise ValueError(f"order must be an integer >= 1, got {order!r}")
+
+
+def _legt_on(order: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``legt_matrices(order)`` cast to ``dtype`` on ``device``, made once per key: a copy from pageable host memory
+    to a GPU waits for the stream's queued work, and a trainable theta discretizes at every forward call. Built
+    outside inference mode, so that later calls may save them for a backward pass. Callers must not modify them."""
+    _check_order(order)  # before the cache hashes it
+    return _legt_cached(order, device, dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _legt_cached(order: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.inference_mode(False):
+        A, B = legt_matrices(order)
+        return A.to(device=device, dtype=dtype), B.to(device=device, dtype=dtype)
 
 
 def can_read_values(tensor: torch.Tensor) -> bool:
@@ -99,9 +120,7 @@ def discretize(order: int, theta, dt: float = 1.0, method: str = "zoh") -> tuple
     if not dt > 0:
         raise ValueError(f"dt must be > 0, got {dt!r}")
     theta = _as_theta(theta)
-    A, B = legt_matrices(order)
-    A = A.to(device=theta.device, dtype=theta.dtype)
-    B = B.to(device=theta.device, dtype=theta.dtype)
+    A, B = _legt_on(order, theta.device, theta.dtype)
     scale = (dt / theta)[:, None, None]  # (k, 1, 1)
     eye = torch.eye(order, dtype=theta.dtype, device=theta.device)
     if method == "zoh":
@@ -183,9 +202,7 @@ def discretize_steps(order: int, theta, dt: torch.Tensor,
         values, inverse = torch.unique(dt, return_inverse=True)
     distinct, k = values.shape[0], theta.shape[0]
     scale = (values[:, None] / theta[None, :]).reshape(-1)  # (U*k,): dt / theta for every pair
-    A, B = legt_matrices(order)
-    A = A.to(device=theta.device, dtype=theta.dtype)
-    B = B.to(device=theta.device, dtype=theta.dtype)
+    A, B = _legt_on(order, theta.device, theta.dtype)
     if method == "zoh":
         aug = torch.zeros(order + 1, order + 1, dtype=theta.dtype, device=theta.device)
         aug[:order, :order] = A
