@@ -7,6 +7,7 @@ activation and the weight gradient, a sum over steps, are computed for all steps
 
 from __future__ import annotations
 
+import numpy
 import torch
 
 
@@ -17,13 +18,12 @@ class _ElmanRecurrence(torch.autograd.Function):
         outputs = torch.empty_like(projected)
         h = h0
         w_t = weight_hh.t()
-        # torch.relu takes no out=: clamp_min is the same function with one.
-        activation = (lambda x, out=None: torch.clamp_min(x, 0, out=out)) if relu else torch.tanh
+        activation = _activation_in_place(outputs, relu)
         for t in range(time):
             if valid is None:
-                activation(torch.addmm(projected[t], h, w_t), out=outputs[t])
+                activation(torch.addmm(projected[t], h, w_t, out=outputs[t]))
             else:
-                outputs[t] = torch.where(valid[t], activation(torch.addmm(projected[t], h, w_t)), h)
+                torch.where(valid[t], activation(torch.addmm(projected[t], h, w_t)), h, out=outputs[t])
             h = outputs[t]
         ctx.save_for_backward(outputs, weight_hh, h0, valid)
         ctx.relu = relu
@@ -63,6 +63,28 @@ class _ElmanRecurrence(torch.autograd.Function):
         if time > 1:
             grad_weight = grad_weight.addmm_(grad_pre[1:].flatten(0, 1).t(), outputs[:-1].flatten(0, 1))
         return grad_pre, grad_weight, grad_h0, None, None
+
+
+def _activation_in_place(outputs: torch.Tensor, relu: bool):
+    """The activation, applied in place to one step's (batch, hidden) block of a tensor like ``outputs``.
+
+    tanh comes from numpy on the CPU (float32 or float64, not while torch.compile traces): for one (100, 212)
+    float32 step on this project's CPU, torch's tanh (Sleef, within 0.51 ulp over 5e7 samples) took 38.6 us and
+    numpy's (SIMD, within 1.37 ulp) 8.8 us, which took the Elman forward at the psMNIST shape from 109-115 ms
+    to 70-84 ms (two runs alternated, 9 rounds). The block shares its memory with the numpy array.
+    """
+    if relu:
+        return lambda block: block.clamp_min_(0)
+    if (outputs.device.type == "cpu" and outputs.dtype in (torch.float32, torch.float64)
+            and not torch.compiler.is_compiling()):
+        def numpy_tanh(block: torch.Tensor) -> torch.Tensor:
+            if block.dtype != outputs.dtype:  # a product made in another dtype (autocast)
+                return block.tanh_()
+            array = block.numpy()
+            numpy.tanh(array, out=array)
+            return block
+        return numpy_tanh
+    return lambda block: block.tanh_()
 
 
 # What backend="auto" takes on CUDA in float32: "torch" until the persistent kernels are timed on a GPU (they
