@@ -39,6 +39,7 @@ from .ops.lmu_cell import convolution as convolution_algorithm
 from .ops.lmu_memory.dispatch import causal_projection, memory_all_steps
 from .ops.lmu_memory.common import apply_state_matrix, under_transform, zero_input_response
 from .ops.lmu_memory.final import FINAL_CHUNK
+from .ops.layout import time_major
 
 MODES = ("auto", "recurrent", "fused", "fft", "conv", "final")
 FUSED_ALGORITHMS = ("state", "convolution")
@@ -569,11 +570,9 @@ class LMU(nn.Module):
         memory_size = self.memory_d * self.order
         weight_memory = cell.weight_ih[:, :memory_size].reshape(-1, self.memory_d, self.order)
         # Time-major: the cell's loop then reads one contiguous (batch, gates) block per step. The copy into
-        # that layout is always a fresh tensor (clone, not contiguous(), which returns a view when the layout
-        # already fits, as for batch 1), so W_x x_t and the bias are accumulated into it in place: one pass
+        # that layout is a fresh tensor, so W_x x_t and the bias are accumulated into it in place: one pass
         # each over the (time, batch, gates) block instead of a new block per term.
-        projected = causal_projection(u_x, A_bar, B_bar, weight_memory, m0, H, self.kernel_precision)
-        projected = projected.transpose(0, 1).clone(memory_format=torch.contiguous_format)
+        projected = time_major(causal_projection(u_x, A_bar, B_bar, weight_memory, m0, H, self.kernel_precision))
         if self.input_to_hidden:
             x_flat = x.transpose(0, 1).reshape(-1, self.input_size).to(projected.dtype)  # (time*batch, input)
             weight_x = cell.weight_ih[:, memory_size:].t().to(projected.dtype)
