@@ -574,9 +574,11 @@ class LMU(nn.Module):
         # each over the (time, batch, gates) block instead of a new block per term.
         projected = time_major(causal_projection(u_x, A_bar, B_bar, weight_memory, m0, H, self.kernel_precision))
         if self.input_to_hidden:
-            x_flat = x.transpose(0, 1).reshape(-1, self.input_size).to(projected.dtype)  # (time*batch, input)
-            weight_x = cell.weight_ih[:, memory_size:].t().to(projected.dtype)
-            projected.view(-1, projected.shape[-1]).addmm_(x_flat, weight_x)
+            # On the tensor itself, batched over time: an in-place product on a flattened view would make
+            # autograd copy the whole gradient in the backward pass (CopySlices).
+            x_steps = x.transpose(0, 1).to(projected.dtype)  # (time, batch, input)
+            weight_x = cell.weight_ih[:, memory_size:].t().to(projected.dtype)  # (input, gates)
+            projected.baddbmm_(x_steps, weight_x.expand(x_steps.shape[0], -1, -1))
         bias = hidden_ops.input_bias(cell)
         if bias is not None:
             projected.add_(bias)
