@@ -43,3 +43,11 @@ def test_rows_per_block_keeps_a_block_near_the_byte_budget():
 def test_bad_shape_is_named():
     with pytest.raises(ValueError, match=r"x must be \(batch, time, features\)"):
         time_major(torch.zeros(3, 4))
+
+
+def test_one_copy_off_the_cpu():
+    """Off the CPU each block would be a kernel launch: one copy of the whole batch (meta tensors stand in)."""
+    assert layout._rows_per_copy(torch.empty(100, 784, 212, device="meta")) == 100
+    assert layout._rows_per_copy(torch.empty(100, 784, 212)) == 1
+    out = time_major(torch.empty(3, 4, 5, device="meta"))
+    assert out.shape == (4, 3, 5) and out.device.type == "meta"

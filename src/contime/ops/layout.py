@@ -19,12 +19,18 @@ def _rows_per_block(time: int, features: int, element_size: int) -> int:
     return max(1, BLOCK_BYTES // max(1, time * features * element_size))
 
 
+def _rows_per_copy(x: torch.Tensor) -> int:
+    """Batch rows per copy: blocks on the CPU; one copy elsewhere, where each block would cost a kernel launch."""
+    batch, time, features = x.shape
+    return _rows_per_block(time, features, x.element_size()) if x.device.type == "cpu" else max(batch, 1)
+
+
 class _TimeMajor(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         batch, time, features = x.shape
         out = x.new_empty((time, batch, features))
-        step = _rows_per_block(time, features, x.element_size())
+        step = _rows_per_copy(x)
         for start in range(0, batch, step):
             out[:, start:start + step].copy_(x[start:start + step].transpose(0, 1))
         return out
@@ -38,8 +44,8 @@ class _TimeMajor(torch.autograd.Function):
 
 def time_major(x: torch.Tensor) -> torch.Tensor:
     """A new contiguous ``(time, batch, features)`` tensor with the values of ``x`` ``(batch, time, features)``,
-    copied a few batch rows at a time; its gradient comes back as a view of the output's gradient. Any device and
-    layout (on a GPU, or where ``x`` is already batch-first contiguous, the blocks cost little and change nothing)."""
+    copied a few batch rows at a time on the CPU (in one copy on other devices); its gradient comes back as a view of
+    the output's gradient."""
     if x.ndim != 3:
         raise ValueError(f"x must be (batch, time, features), got shape {tuple(x.shape)}")
     return _TimeMajor.apply(x)
