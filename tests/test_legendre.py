@@ -134,6 +134,22 @@ def test_discretize_after_inference_mode_still_differentiates(method):
     assert legendre._legt_on(7, torch.device("cpu"), torch.float64)[0] is kept_A
 
 
+def test_discretize_under_fake_tensors_does_not_fill_the_cache():
+    """A first call under FakeTensorMode (as torch.export's non-strict tracing makes) must not leave stand-ins in
+    the cache: a later real call gets real matrices, equal to the uncached ones (the review's script found a
+    1.18 error there before)."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+    legendre._legt_cached.cache_clear()
+    with FakeTensorMode():
+        A_fake, _ = discretize(6, torch.tensor([5.0], dtype=torch.float64))
+    assert isinstance(A_fake, FakeTensor)
+    A_bar, B_bar = discretize(6, torch.tensor([5.0], dtype=torch.float64))
+    assert not isinstance(A_bar, FakeTensor)
+    A, B = legt_matrices(6)
+    kept_A, _ = legendre._legt_on(6, torch.device("cpu"), torch.float64)
+    assert not isinstance(kept_A, FakeTensor) and torch.equal(kept_A, A)
+
+
 @pytest.mark.parametrize("order", [[3], 2.0, True])
 def test_discretize_bad_order_is_named(order):
     with pytest.raises(ValueError, match="order must be an integer >= 1"):

@@ -57,7 +57,19 @@ def _legt_on(order: int, device: torch.device, dtype: torch.dtype) -> tuple[torc
     to a GPU waits for the stream's queued work, and a trainable theta discretizes at every forward call. Built
     outside inference mode, so that later calls may save them for a backward pass. Callers must not modify them."""
     _check_order(order)  # before the cache hashes it
+    if _tensors_are_traced(device):
+        A, B = legt_matrices(order)
+        return A.to(device=device, dtype=dtype), B.to(device=device, dtype=dtype)
     return _legt_cached(order, device, dtype)
+
+
+def _tensors_are_traced(device: torch.device) -> bool:
+    """Whether tensors made now would be stand-ins (fake tensors under torch.export or a FakeTensorMode, any
+    dispatch mode, torch.compile's tracing) or live in a CUDA graph's private pool: such must not be cached."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return True
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 @functools.lru_cache(maxsize=32)
