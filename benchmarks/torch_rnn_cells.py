@@ -1,4 +1,7 @@
-"""A GRU or LSTM cell over a whole sequence: the loop of cell calls against one call of torch's own RNN.
+"""A GRU or LSTM cell over a whole sequence: the library's own path against one call of torch's own RNN.
+
+The library's path ("loop" below) is ``hidden.torch_cell_sequence`` over the batched input projection: a loop of
+LSTM steps, or for a GRU cell the one-node recurrence of ``contime.ops.gru``.
 
 This is the measurement behind ``contime.hidden.uses_torch_lstm`` (which cells run as one call of torch's LSTM,
 and on which device). Forward + backward (inputs and the cell's parameters), minimum of --repeat calls after one
@@ -30,7 +33,8 @@ def one_call(cell: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
 
 
 def loop(cell: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """The loop of cell calls, with the input projection batched (``recurrent_sequence`` without torch's LSTM)."""
+    """The library's path with the input projection batched (``recurrent_sequence`` without torch's LSTM): a loop of
+    LSTM steps, or the GRU recurrence as one autograd node."""
     projected = nn.functional.linear(inputs.transpose(0, 1), cell.weight_ih, hidden_ops.input_bias(cell))
     return hidden_ops.torch_cell_sequence(cell, projected, None, None)[0]
 

@@ -379,7 +379,7 @@ def test_auto_calls_a_hooked_cell(cell_type):
         warnings.simplefilter("ignore", FutureWarning)  # old-style weight_norm is deprecated, still in use
         cell = nn.utils.weight_norm(cell_type(4, 3), "weight_hh")
     lmu = contime.LMU(1, 1, 4, 6.0, cell)
-    assert lmu.resolve_mode("cpu") == "fft" and lmu._needs_cell_calls(torch.zeros(1))
+    assert lmu.resolve_mode("cpu") == "fft" and lmu._needs_cell_calls("fft", torch.zeros(1))
     optimizer = torch.optim.SGD(lmu.parameters(), lr=0.1)
     x = torch.randn(2, 9, 1)
     for _ in range(2):  # a stale weight would fail here ("backward through the graph a second time")
@@ -413,6 +413,25 @@ def test_explicit_batched_mode_refuses_a_hooked_cell(mode, cell):
     lmu(x)
 
 
+@pytest.mark.parametrize("hooked", [0, 1, None])
+def test_fft_with_a_leading_linear_refuses_only_hooks_it_would_skip(hooked):
+    """fft folds only the leading Linear of a Sequential and calls the rest: a hook on a later module runs there
+    (no refusal); a hook on the Linear (0) or on the Sequential itself (None) would be skipped: ValueError."""
+    cell = nn.Sequential(nn.Linear(4, 3), nn.Tanh())
+    lmu = contime.LMU(1, 1, 4, 6.0, cell, mode="fft")
+    calls = []
+    (cell if hooked is None else cell[hooked]).register_forward_hook(lambda module, args, out: calls.append(1))
+    x = torch.randn(2, 9, 1)
+    if hooked == 1:
+        lmu(x)
+        assert calls
+        lmu.mode = "auto"
+        assert lmu._needs_cell_calls("fft", x) is False
+    else:
+        with pytest.raises(ValueError, match="hooks on hidden_cell"):
+            lmu(x)
+
+
 @pytest.mark.parametrize("cell_type", [nn.RNNCell, nn.LSTMCell, nn.GRUCell])
 def test_auto_under_forward_mode_ad(cell_type):
     """torch.func.jvp through mode="auto" (the loop then) equals the loop's."""
@@ -422,6 +441,27 @@ def test_auto_under_forward_mode_ad(cell_type):
     lmu.mode = "recurrent"
     _, loop = torch.func.jvp(lambda v: lmu(v)[0], (x,), (tangent,))
     torch.testing.assert_close(auto, loop, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("cell_type", [nn.RNNCell, nn.GRUCell, nn.LSTMCell])
+@pytest.mark.parametrize("mode", ["auto", "fft", "conv", "fused"])
+def test_cpu_autocast_with_backward_inside_it(cell_type, mode):
+    """Under CPU autocast (bfloat16), a call, a second call from its state, and the backward pass inside the
+    autocast region run in every mode (the one-node recurrences and the fused cell once failed there on mixed
+    dtypes); outputs stay within bfloat16 rounding of the float32 call (measured 8.7e-3 at most)."""
+    if mode == "fused" and cell_type is not nn.RNNCell:
+        pytest.skip("fused takes an nn.RNNCell")
+    torch.manual_seed(0)
+    lmu = contime.LMU(3, 2, 4, 5.0, cell_type(4 * 2 + 3, 6), input_to_hidden=True, mode=mode)
+    x = torch.randn(2, 7, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, state = lmu(x)
+        y2, _ = lmu(x, state)
+        (y.float().sum() + y2.float().sum()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in lmu.parameters() if p.requires_grad)
+    with torch.no_grad():
+        expected, _ = lmu(x)
+    assert (y.float() - expected).abs().max() < 0.03
 
 
 def test_lstm_state_stays_float32_under_cpu_autocast():

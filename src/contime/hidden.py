@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .ops.elman import elman_recurrence
+from .ops.gru import gru_recurrence
 
 TORCH_CELLS = (nn.RNNCell, nn.GRUCell, nn.LSTMCell)
 
@@ -75,15 +76,37 @@ def input_bias(cell: nn.Module) -> torch.Tensor | None:
     return cell.bias_ih if isinstance(cell, nn.GRUCell) else cell.bias_ih + cell.bias_hh
 
 
+def _recurrence_inputs(cell: nn.Module, projected: torch.Tensor, state):
+    """``projected`` contiguous and h0, both in the dtype of ``projected`` and the cell's weights promoted: under
+    autocast the projection may come in bfloat16 while the weights stay float32, and the recurrences' products
+    (written into preallocated steps) take one dtype."""
+    dtype = torch.promote_types(projected.dtype, cell.weight_hh.dtype)
+    projected = projected.to(dtype).contiguous()
+    h0 = projected.new_zeros(projected.shape[1], cell.hidden_size) if state is None else state.to(dtype)
+    return projected, h0
+
+
 def _elman_steps(cell: nn.RNNCell, projected: torch.Tensor, state, lengths: torch.Tensor | None):
     """``nn.RNNCell`` through the one-node Elman recurrence. Same contract as ``torch_cell_sequence``."""
-    time, batch, _ = projected.shape
-    h0 = projected.new_zeros(batch, cell.hidden_size) if state is None else state
-    valid = None
-    if lengths is not None:
-        valid = (torch.arange(time, device=projected.device)[:, None] < lengths[None, :])[..., None]
-    h = elman_recurrence(projected.contiguous(), cell.weight_hh, h0, valid, relu=cell.nonlinearity == "relu")
+    projected, h0 = _recurrence_inputs(cell, projected, state)
+    valid = _valid_steps(projected.shape[0], lengths, projected)
+    h = elman_recurrence(projected, cell.weight_hh, h0, valid, relu=cell.nonlinearity == "relu")
     return h.transpose(0, 1), h[-1]
+
+
+def _gru_steps(cell: nn.GRUCell, projected: torch.Tensor, state, lengths: torch.Tensor | None):
+    """``nn.GRUCell`` through the one-node GRU recurrence. Same contract as ``torch_cell_sequence``."""
+    projected, h0 = _recurrence_inputs(cell, projected, state)
+    valid = _valid_steps(projected.shape[0], lengths, projected)
+    h = gru_recurrence(projected, cell.weight_hh, cell.bias_hh, h0, valid)
+    return h.transpose(0, 1), h[-1]
+
+
+def _valid_steps(time: int, lengths: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """``(time, batch, 1)`` bool, True where a step is within its sequence's length; None without lengths."""
+    if lengths is None:
+        return None
+    return (torch.arange(time, device=like.device)[:, None] < lengths[None, :])[..., None]
 
 
 def torch_cell_sequence(cell: nn.Module, projected: torch.Tensor, state, lengths: torch.Tensor | None):
@@ -101,33 +124,25 @@ def torch_cell_sequence(cell: nn.Module, projected: torch.Tensor, state, lengths
     """
     if isinstance(cell, nn.RNNCell):
         return _elman_steps(cell, projected, state, lengths)
+    if isinstance(cell, nn.GRUCell):
+        return _gru_steps(cell, projected, state, lengths)
+    # nn.LSTMCell: a loop of its steps (on the CPU without lengths, recurrent_sequence runs torch's own LSTM).
     time, batch, _ = projected.shape
-    is_lstm = isinstance(cell, nn.LSTMCell)
-    w_hh, b_hh = cell.weight_hh, (None if is_lstm else cell.bias_hh)  # the LSTM's is in projected
     if state is None:
         zeros = projected.new_zeros(batch, cell.hidden_size)
-        state = (zeros, zeros) if is_lstm else zeros
+        state = (zeros, zeros)
     outputs = []
     # unbind, not projected[t]: the backward of one indexing per step writes a zero gradient the size of the
     # whole sequence at every step, O(time^2) (57 s against 1.6 s for the loop mode, GRUCell(212) at the
     # psMNIST shape on this CPU); unbind's backward stacks the steps' gradients once.
     for t, gates_x in enumerate(projected.unbind(0)):
-        h_prev = hidden_of(state)
-        recurrent = nn.functional.linear(h_prev, w_hh, b_hh)
-        if is_lstm:
-            i, f, g, o = (gates_x + recurrent).chunk(4, dim=-1)
-            c = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(g)
-            new = (torch.sigmoid(o) * torch.tanh(c), c)
-        else:  # GRU
-            xr, xz, xn = gates_x.chunk(3, dim=-1)
-            hr, hz, hn = recurrent.chunk(3, dim=-1)
-            r = torch.sigmoid(xr + hr)
-            z = torch.sigmoid(xz + hz)
-            new = (1 - z) * torch.tanh(xn + r * hn) + z * h_prev
+        i, f, g, o = (gates_x + nn.functional.linear(state[0], cell.weight_hh)).chunk(4, dim=-1)  # biases: in gates_x
+        c = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(g)
+        new = (torch.sigmoid(o) * torch.tanh(c), c)
         if lengths is not None:
             new = masked_update((t < lengths)[:, None], new, state)
         state = new
-        outputs.append(hidden_of(state))
+        outputs.append(state[0])
     return torch.stack(outputs, dim=1), state
 
 

@@ -289,24 +289,33 @@ class LMU(nn.Module):
             return True
         return mode == "fft" and _leading_linear(self.hidden_cell) is not None
 
-    def _needs_cell_calls(self, x: torch.Tensor) -> bool:
-        """Whether this call must call the hidden cell step by step: it (or a module in it) has forward hooks
-        or pre-hooks (old-style weight_norm, pruning, probes), or global ones are registered, or forward-mode
-        AD or a torch.func transform is at work (the batched paths' custom autograd nodes have no jvp or vmap
-        rule). ``mode="auto"`` then takes the loop."""
+    def _needs_cell_calls(self, mode: str, x: torch.Tensor) -> bool:
+        """Whether this call must call the hidden cell step by step rather than run ``mode``: a module that
+        ``mode`` computes from its weights has forward hooks or pre-hooks (old-style weight_norm, pruning,
+        probes), or global ones are registered, or forward-mode AD or a torch.func transform is at work (the
+        batched paths' custom autograd nodes have no jvp or vmap rule). ``mode="auto"`` then takes the loop."""
         hooks = (nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
-                 or self._cell_has_hooks())
+                 or self._bypassed_modules_have_hooks(mode))
         return bool(hooks) or under_transform(x, *self.hidden_cell.parameters())
 
-    def _cell_has_hooks(self) -> bool:
-        """Whether the hidden cell, or a module in it, has forward hooks or pre-hooks of its own."""
-        return any(m._forward_hooks or m._forward_pre_hooks for m in self.hidden_cell.modules())
+    def _bypassed_modules_have_hooks(self, mode: str) -> bool:
+        """Whether a module that ``mode`` computes from its weights, without calling it, has forward hooks or
+        pre-hooks of its own: the whole cell for torch's cells; for a feedforward part that starts with
+        ``nn.Linear`` (folded in "fft"), that Linear and the ``nn.Sequential`` around it, since the modules after
+        it are still called."""
+        if not self._reads_cell_weights(mode):
+            return False
+        cell = self.hidden_cell
+        leading = _leading_linear(cell) if mode == "fft" else None
+        modules = ({cell, leading[0]} if leading is not None and type(cell) not in hidden_ops.TORCH_CELLS
+                   else set(cell.modules()))
+        return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
     def _refuse_skipped_hooks(self, mode: str) -> None:
         """An explicit mode that reads the cell's weights would skip the cell's own hooks without a word (an
         old-style weight_norm would then train on a stale weight): refuse, naming the way out. Global hooks,
         which tools register for every module, are left to them."""
-        if self.mode != "auto" and self._reads_cell_weights(mode) and self._cell_has_hooks():
+        if self.mode != "auto" and self._bypassed_modules_have_hooks(mode):
             raise ValueError(f"mode={mode!r} computes hidden_cell from its weights without calling it, so the "
                              f"forward hooks on hidden_cell (or a module in it) would not run; use "
                              f"mode='recurrent', or mode='auto', which calls a hooked cell step by step")
@@ -713,7 +722,7 @@ class LMU(nn.Module):
         starts_at_zero = state is None
         state = self._check_state(state, batch, x)
         mode = "varying" if time_scale is None else self.resolve_mode(x.device, padded=lengths is not None)
-        if self.mode == "auto" and self._reads_cell_weights(mode) and self._needs_cell_calls(x):
+        if self.mode == "auto" and self._reads_cell_weights(mode) and self._needs_cell_calls(mode, x):
             mode = "recurrent"
         self._refuse_skipped_hooks(mode)
         if mode == "fused" and self._fused_unsupported(lengths):

@@ -7,84 +7,65 @@ activation and the weight gradient, a sum over steps, are computed for all steps
 
 from __future__ import annotations
 
-import numpy
 import torch
+
+from ..activations import check_same_dtype, in_place_activation
 
 
 class _ElmanRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, projected, weight_hh, h0, valid, relu):
-        time = projected.shape[0]
-        outputs = torch.empty_like(projected)
-        h = h0
-        w_t = weight_hh.t()
-        activation = _activation_in_place(outputs, relu)
-        for t in range(time):
-            if valid is None:
-                activation(torch.addmm(projected[t], h, w_t, out=outputs[t]))
-            else:
-                torch.where(valid[t], activation(torch.addmm(projected[t], h, w_t)), h, out=outputs[t])
-            h = outputs[t]
-        ctx.save_for_backward(outputs, weight_hh, h0, valid)
-        ctx.relu = relu
-        return outputs
+        with torch.autocast(projected.device.type, enabled=False):  # the products in the inputs' dtype
+            time = projected.shape[0]
+            outputs = torch.empty_like(projected)
+            h = h0
+            w_t = weight_hh.t()
+            activation = in_place_activation(outputs, relu)
+            for t in range(time):
+                if valid is None:
+                    activation(torch.addmm(projected[t], h, w_t, out=outputs[t]))
+                else:
+                    torch.where(valid[t], activation(torch.addmm(projected[t], h, w_t)), h, out=outputs[t])
+                h = outputs[t]
+            ctx.save_for_backward(outputs, weight_hh, h0, valid)
+            ctx.relu = relu
+            return outputs
 
     @staticmethod
     def backward(ctx, grad_outputs):
         if torch.is_grad_enabled():  # create_graph=True: the saved tensors carry no graph, so refuse
             raise RuntimeError("the Elman recurrence has no double backward (create_graph=True); use mode='recurrent'")
-        outputs, weight_hh, h0, valid = ctx.saved_tensors
-        time = outputs.shape[0]
-        # grad_outputs is often a strided view (of a batch-first gradient): left as it is, since each step's
-        # product reads its (batch, hidden) rows through strides, and a contiguous copy took 23 ms at the
-        # psMNIST shape on this CPU.
-        # d act / d pre-activation for every step at once; a padded step passes nothing through it.
-        local = (outputs > 0).to(outputs.dtype) if ctx.relu else torch.addcmul(outputs.new_ones(()), outputs, outputs,
-                                                                                value=-1)
-        if valid is not None:
-            keep = valid.to(outputs.dtype)
-            local = local * keep
-            skip = 1 - keep  # a padded step copies h_{t-1}: its gradient goes straight through
-        grad_pre = torch.empty_like(outputs)
-        grad_h = grad_outputs[time - 1]  # d loss / d h_t, all paths
-        for t in range(time - 1, -1, -1):
-            torch.mul(grad_h, local[t], out=grad_pre[t])
-            if t == 0:
-                break
-            if valid is None:
-                grad_h = torch.addmm(grad_outputs[t - 1], grad_pre[t], weight_hh)
-            else:
-                grad_h = torch.addmm(grad_outputs[t - 1] + grad_h * skip[t], grad_pre[t], weight_hh)
-        grad_h0 = grad_pre[0] @ weight_hh
-        if valid is not None:
-            grad_h0 = grad_h0 + grad_h * skip[0]
-        # sum_t grad_pre[t]^T h_{t-1}, without concatenating h0 to the outputs (a copy of every state)
-        grad_weight = grad_pre[0].t() @ h0
-        if time > 1:
-            grad_weight = grad_weight.addmm_(grad_pre[1:].flatten(0, 1).t(), outputs[:-1].flatten(0, 1))
-        return grad_pre, grad_weight, grad_h0, None, None
-
-
-def _activation_in_place(outputs: torch.Tensor, relu: bool):
-    """The activation, applied in place to one step's (batch, hidden) block of a tensor like ``outputs``.
-
-    tanh comes from numpy on the CPU (float32 or float64, not while torch.compile traces): for one (100, 212)
-    float32 step on this project's CPU, torch's tanh (Sleef, within 0.51 ulp over 5e7 samples) took 38.6 us and
-    numpy's (SIMD, within 1.37 ulp) 8.8 us, which took the Elman forward at the psMNIST shape from 109-115 ms
-    to 70-84 ms (two runs alternated, 9 rounds). The block shares its memory with the numpy array.
-    """
-    if relu:
-        return lambda block: block.clamp_min_(0)
-    if (outputs.device.type == "cpu" and outputs.dtype in (torch.float32, torch.float64)
-            and not torch.compiler.is_compiling()):
-        def numpy_tanh(block: torch.Tensor) -> torch.Tensor:
-            if block.dtype != outputs.dtype:  # a product made in another dtype (autocast)
-                return block.tanh_()
-            array = block.numpy()
-            numpy.tanh(array, out=array)
-            return block
-        return numpy_tanh
-    return lambda block: block.tanh_()
+        with torch.autocast(grad_outputs.device.type, enabled=False):  # the products in the inputs' dtype
+            outputs, weight_hh, h0, valid = ctx.saved_tensors
+            time = outputs.shape[0]
+            # grad_outputs is often a strided view (of a batch-first gradient): left as it is, since each step's
+            # product reads its (batch, hidden) rows through strides, and a contiguous copy took 23 ms at the
+            # psMNIST shape on this CPU.
+            # d act / d pre-activation for every step at once; a padded step passes nothing through it.
+            local = ((outputs > 0).to(outputs.dtype) if ctx.relu
+                     else torch.addcmul(outputs.new_ones(()), outputs, outputs, value=-1))
+            if valid is not None:
+                keep = valid.to(outputs.dtype)
+                local = local * keep
+                skip = 1 - keep  # a padded step copies h_{t-1}: its gradient goes straight through
+            grad_pre = torch.empty_like(outputs)
+            grad_h = grad_outputs[time - 1]  # d loss / d h_t, all paths
+            for t in range(time - 1, -1, -1):
+                torch.mul(grad_h, local[t], out=grad_pre[t])
+                if t == 0:
+                    break
+                if valid is None:
+                    grad_h = torch.addmm(grad_outputs[t - 1], grad_pre[t], weight_hh)
+                else:
+                    grad_h = torch.addmm(grad_outputs[t - 1] + grad_h * skip[t], grad_pre[t], weight_hh)
+            grad_h0 = grad_pre[0] @ weight_hh
+            if valid is not None:
+                grad_h0 = grad_h0 + grad_h * skip[0]
+            # sum_t grad_pre[t]^T h_{t-1}, without concatenating h0 to the outputs (a copy of every state)
+            grad_weight = grad_pre[0].t() @ h0
+            if time > 1:
+                grad_weight = grad_weight.addmm_(grad_pre[1:].flatten(0, 1).t(), outputs[:-1].flatten(0, 1))
+            return grad_pre, grad_weight, grad_h0, None, None
 
 
 # What backend="auto" takes on CUDA in float32: "torch" until the persistent kernels are timed on a GPU (they
@@ -110,6 +91,7 @@ def elman_recurrence(projected: torch.Tensor, weight_hh: torch.Tensor, h0: torch
         h for every step, ``(time, batch, hidden)``.
     """
     from ..lmu_cell import resolve_backend, triton_available
+    check_same_dtype(projected=projected, weight_hh=weight_hh, h0=h0)
     if backend == "auto":
         eligible = (valid is None and projected.device.type == "cuda" and projected.dtype == torch.float32
                     and triton_available())

@@ -82,30 +82,32 @@ class _LMUCellSequence(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: the saved buffers carry no graph, so refuse
             raise RuntimeError("the fused LMU cell has no double backward (create_graph=True); "
                                "use mode='recurrent'")
-        H_ext, M_ext, U, A_T, Bm, E_h, E_m, W_m, W_h = ctx.saved_tensors
-        if grad_hs is None:
-            grad_hs = torch.zeros_like(H_ext[1:])
-        core = core_module(ctx.backend)
-        DP, DM, DU, grad_h0, grad_m0 = core.backward_core(
-            grad_hs.contiguous(), None if grad_ms is None else grad_ms.contiguous(), H_ext, A_T.contiguous(),
-            Bm.contiguous(), E_h, E_m, W_m.contiguous(), W_h.contiguous(), ctx.relu, **ctx.extra)
-        need = ctx.needs_input_grad
-        flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731 - (T, B, C) -> (T*B, C)
-        H_prev, M_prev, M = flat(H_ext[:-1]), flat(M_ext[:-1]), flat(M_ext[1:])
-        dp, dm, du = flat(DP), flat(DM), flat(DU)
-        grads = [
-            DU if need[0] else None,
-            DP if need[1] else None,
-            M_prev.t() @ dm if need[2] else None,
-            flat(U).t() @ dm if need[3] else None,
-            H_prev.t() @ du if need[4] else None,
-            M_prev.t() @ du if need[5] else None,
-            M.t() @ dp if need[6] else None,
-            H_prev.t() @ dp if need[7] else None,
-            grad_m0 if need[8] else None,
-            grad_h0 if need[9] else None,
-        ]
-        return (*grads, None, None, None)
+        # The cell's dtype even where backward runs inside an autocast region (its products would be cast).
+        with torch.autocast(ctx.saved_tensors[0].device.type, enabled=False):
+            H_ext, M_ext, U, A_T, Bm, E_h, E_m, W_m, W_h = ctx.saved_tensors
+            if grad_hs is None:
+                grad_hs = torch.zeros_like(H_ext[1:])
+            core = core_module(ctx.backend)
+            DP, DM, DU, grad_h0, grad_m0 = core.backward_core(
+                grad_hs.contiguous(), None if grad_ms is None else grad_ms.contiguous(), H_ext, A_T.contiguous(),
+                Bm.contiguous(), E_h, E_m, W_m.contiguous(), W_h.contiguous(), ctx.relu, **ctx.extra)
+            need = ctx.needs_input_grad
+            flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731 - (T, B, C) -> (T*B, C)
+            H_prev, M_prev, M = flat(H_ext[:-1]), flat(M_ext[:-1]), flat(M_ext[1:])
+            dp, dm, du = flat(DP), flat(DM), flat(DU)
+            grads = [
+                DU if need[0] else None,
+                DP if need[1] else None,
+                M_prev.t() @ dm if need[2] else None,
+                flat(U).t() @ dm if need[3] else None,
+                H_prev.t() @ du if need[4] else None,
+                M_prev.t() @ du if need[5] else None,
+                M.t() @ dp if need[6] else None,
+                H_prev.t() @ dp if need[7] else None,
+                grad_m0 if need[8] else None,
+                grad_h0 if need[9] else None,
+            ]
+            return (*grads, None, None, None)
 
 
 def _check(name: str, x, shape: tuple) -> None:

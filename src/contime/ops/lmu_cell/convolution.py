@@ -54,22 +54,24 @@ class _ConvolutionCell(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: the saved buffers carry no graph, so refuse
             raise RuntimeError("the fused LMU cell has no double backward (create_graph=True); "
                                "use mode='recurrent'")
-        H_ext, U, K, E_h, W_h = ctx.saved_tensors
-        if grad_hs is None:
-            grad_hs = torch.zeros_like(H_ext[1:])
-        core = core_module(ctx.backend, "convolution")
-        DP, DU, grad_h0 = core.backward_core(grad_hs.contiguous(), None if grad_us is None else grad_us.contiguous(),
-                                             H_ext, K.contiguous(), E_h, W_h.contiguous(), ctx.relu, **ctx.extra)
-        need = ctx.needs_input_grad
-        flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731 - (T, B, C) -> (T*B, C)
-        H_prev = flat(H_ext[:-1])
-        with torch.autocast(H_ext.device.type, enabled=False):  # the cell's dtype, even inside an autocast region
+        # The cell's dtype even where backward runs inside an autocast region (its products would be cast).
+        with torch.autocast(ctx.saved_tensors[0].device.type, enabled=False):
+            H_ext, U, K, E_h, W_h = ctx.saved_tensors
+            if grad_hs is None:
+                grad_hs = torch.zeros_like(H_ext[1:])
+            core = core_module(ctx.backend, "convolution")
+            DP, DU, grad_h0 = core.backward_core(
+                grad_hs.contiguous(), None if grad_us is None else grad_us.contiguous(), H_ext, K.contiguous(), E_h,
+                W_h.contiguous(), ctx.relu, **ctx.extra)
+            need = ctx.needs_input_grad
+            flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731 - (T, B, C) -> (T*B, C)
+            H_prev = flat(H_ext[:-1])
             # d loss / d K[s] = sum_{t, b} dp_t u_{t-s}: a correlation, by FFT (batch-first for the helper).
             grad_K = toeplitz_kernel_gradient(DP.transpose(0, 1)[:, :, None], U.transpose(0, 1)) if need[2] else None
             grad_E_h = H_prev.t() @ flat(DU) if need[3] else None
             grad_W_h = H_prev.t() @ flat(DP) if need[4] else None
-        return (DU if need[0] else None, DP if need[1] else None, grad_K, grad_E_h, grad_W_h,
-                grad_h0 if need[5] else None, None, None, None)
+            return (DU if need[0] else None, DP if need[1] else None, grad_K, grad_E_h, grad_W_h,
+                    grad_h0 if need[5] else None, None, None, None)
 
 
 def check_arguments(ux, xh, H, E_h, W_m, W_h, h0) -> None:
