@@ -243,6 +243,10 @@ class LMU(nn.Module):
           GRUCell(128) 0.70-0.83 and LSTMCell(128) 0.71-0.86 at batch 32 x 500;
           GRUCell(256) 0.93; but GRUCell(212) and LSTMCell(212) at the psMNIST shape 1.03-1.15 and 1.46 (one
           round, with the variable). Through torch's LSTM, the LSTMCells went to 0.23 and 0.58 (one round).
+          With the GRU cell as one autograd node (``contime.ops.gru``; order 64, batch 32 x 500 steps unless
+          said, minimum of 5, two runs): GRUCell(128) 0.73-0.84, padded 0.45-0.56; GRUCell(256) 0.64-0.96;
+          GRUCell(64) on 16 padded series of 29 steps 0.59-0.69; GRUCell(212) at the psMNIST shape (order 256)
+          1.22-1.54, so the limit of CPU_FFT_MAX_GATES stays.
         - Otherwise "fft".
 
         ``padded``: for a call with ``lengths``. torch's LSTM takes none, so an LSTM cell of more than
