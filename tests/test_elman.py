@@ -135,7 +135,7 @@ def test_bench_switches_the_elman_backend_only_inside_its_path():
 def test_in_place_tanh_is_within_two_ulp_of_torch(dtype):
     """The forward's in-place tanh (numpy's on the CPU) against torch.tanh over a wide range: within 2 ulp of the
     result (measured: 1.37 ulp at most over 5e7 float32 samples), and the block it returns is the block given."""
-    from contime.ops.activations import in_place_activation
+    from contime.ops.recurrence import in_place_activation
     x = (torch.randn(64, 300, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
          * torch.logspace(-3, 1, 300, dtype=torch.float64)).to(dtype)
     block = x.clone()
@@ -148,7 +148,7 @@ def test_in_place_tanh_is_within_two_ulp_of_torch(dtype):
 
 def test_in_place_tanh_of_another_dtype_under_autocast():
     """A product that autocast made in bfloat16 gets torch's tanh (numpy has no bfloat16)."""
-    from contime.ops.activations import in_place_activation
+    from contime.ops.recurrence import in_place_activation
     x = torch.randn(4, 5)
     block = x.to(torch.bfloat16)
     torch.testing.assert_close(in_place_activation(x, relu=False)(block), torch.tanh(x.to(torch.bfloat16)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..activations import check_same_dtype, in_place_activation
+from ..recurrence import check_same_dtype, in_place_activation, recurrent_weight_gradient
 
 
 class _ElmanRecurrence(torch.autograd.Function):
@@ -61,10 +61,7 @@ class _ElmanRecurrence(torch.autograd.Function):
             grad_h0 = grad_pre[0] @ weight_hh
             if valid is not None:
                 grad_h0 = grad_h0 + grad_h * skip[0]
-            # sum_t grad_pre[t]^T h_{t-1}, without concatenating h0 to the outputs (a copy of every state)
-            grad_weight = grad_pre[0].t() @ h0
-            if time > 1:
-                grad_weight = grad_weight.addmm_(grad_pre[1:].flatten(0, 1).t(), outputs[:-1].flatten(0, 1))
+            grad_weight = recurrent_weight_gradient(grad_pre, outputs, h0)
             return grad_pre, grad_weight, grad_h0, None, None
 
 

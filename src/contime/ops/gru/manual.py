@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..activations import check_same_dtype, in_place_activation
+from ..recurrence import check_same_dtype, in_place_activation, recurrent_weight_gradient
 
 
 class _GRURecurrence(torch.autograd.Function):
@@ -85,10 +85,7 @@ class _GRURecurrence(torch.autograd.Function):
                 if t > 0:
                     grad_h = grad_h + grad_outputs[t - 1]
             grad_h0 = grad_h
-            # sum_t grad_recurrent[t]^T h_{t-1}
-            grad_weight = grad_recurrent[0].t() @ h0
-            if time > 1:
-                grad_weight = grad_weight.addmm_(grad_recurrent[1:].flatten(0, 1).t(), outputs[:-1].flatten(0, 1))
+            grad_weight = recurrent_weight_gradient(grad_recurrent, outputs, h0)
             grad_bias = grad_recurrent.sum(dim=(0, 1)) if ctx.has_bias else None
             return grad_projected, grad_weight, grad_bias, grad_h0, None
 

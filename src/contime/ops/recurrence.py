@@ -1,4 +1,5 @@
-"""Activations applied in place to one step's block inside the recurrences' hand-written loops."""
+"""What the one-node recurrences (``ops.elman``, ``ops.gru``) share: the in-place activation of one step, the
+dtype check of their inputs, and the recurrent weight's gradient."""
 
 from __future__ import annotations
 
@@ -35,3 +36,13 @@ def check_same_dtype(**tensors: torch.Tensor | None) -> None:
     if len(set(given.values())) > 1:
         listed = ", ".join(f"{name} {str(dtype).replace('torch.', '')}" for name, dtype in given.items())
         raise ValueError(f"the recurrence's tensors must share one dtype, got {listed}")
+
+
+def recurrent_weight_gradient(grad_pre: torch.Tensor, outputs: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """sum_t grad_pre[t]^T h_{t-1} for a recurrence h_t = f(... + h_{t-1} W^T): ``(gates, hidden)`` from grad_pre
+    ``(time, batch, gates)``, outputs ``(time, batch, hidden)`` and h0 ``(batch, hidden)``, as two products (no
+    copy of the states to put h0 in front of them)."""
+    grad_weight = grad_pre[0].t() @ h0
+    if grad_pre.shape[0] > 1:
+        grad_weight = grad_weight.addmm_(grad_pre[1:].flatten(0, 1).t(), outputs[:-1].flatten(0, 1))
+    return grad_weight
