@@ -26,6 +26,7 @@ import functools
 import numpy as np
 import scipy.special
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 DISCRETIZERS = ("zoh", "euler", "bilinear")
 
@@ -66,7 +67,6 @@ def _legt_on(order: int, device: torch.device, dtype: torch.dtype) -> tuple[torc
 def _tensors_are_traced(device: torch.device) -> bool:
     """Whether tensors made now would be stand-ins (fake tensors under torch.export or a FakeTensorMode, any
     dispatch mode, torch.compile's tracing) or live in a CUDA graph's private pool: such must not be cached."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
     if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
         return True
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()

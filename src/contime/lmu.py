@@ -297,7 +297,10 @@ class LMU(nn.Module):
         """Whether this call must call the hidden cell step by step rather than run ``mode``: a module that
         ``mode`` computes from its weights has forward hooks or pre-hooks (old-style weight_norm, pruning,
         probes), or global ones are registered, or forward-mode AD or a torch.func transform is at work (the
-        batched paths' custom autograd nodes have no jvp or vmap rule). ``mode="auto"`` then takes the loop."""
+        batched paths' custom autograd nodes have no jvp or vmap rule). ``mode="auto"`` then takes the loop.
+        Never where ``mode`` calls the cell anyway."""
+        if not self._reads_cell_weights(mode):
+            return False
         hooks = (nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
                  or self._bypassed_modules_have_hooks(mode))
         return bool(hooks) or under_transform(x, *self.hidden_cell.parameters())
@@ -310,9 +313,8 @@ class LMU(nn.Module):
         if not self._reads_cell_weights(mode):
             return False
         cell = self.hidden_cell
-        leading = _leading_linear(cell) if mode == "fft" else None
-        modules = ({cell, leading[0]} if leading is not None and type(cell) not in hidden_ops.TORCH_CELLS
-                   else set(cell.modules()))
+        leading = _leading_linear(cell) if mode == "fft" else None  # None for torch's cells
+        modules = {cell, leading[0]} if leading is not None else set(cell.modules())
         return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
     def _refuse_skipped_hooks(self, mode: str) -> None:
@@ -726,7 +728,7 @@ class LMU(nn.Module):
         starts_at_zero = state is None
         state = self._check_state(state, batch, x)
         mode = "varying" if time_scale is None else self.resolve_mode(x.device, padded=lengths is not None)
-        if self.mode == "auto" and self._reads_cell_weights(mode) and self._needs_cell_calls(mode, x):
+        if self.mode == "auto" and self._needs_cell_calls(mode, x):
             mode = "recurrent"
         self._refuse_skipped_hooks(mode)
         if mode == "fused" and self._fused_unsupported(lengths):
