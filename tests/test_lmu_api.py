@@ -76,6 +76,69 @@ def test_bad_constructor_arguments(kwargs, match):
         contime.LMU(args.pop("input_size"), args.pop("memory_d"), args.pop("order"), args.pop("theta"), **args)
 
 
+@pytest.mark.parametrize("cell, kwargs, error, match", [
+    (nn.RNNCell(5, 3), {}, ValueError, r"hidden_cell takes 5 input features, but the LMU feeds it 4 "
+                                         r"\(memory_d\*order=4\); input_to_hidden=True would feed it x"),
+    (nn.GRUCell(4, 3), dict(input_to_hidden=True), ValueError, r"takes 4 input features, but the LMU feeds it 5"),
+    (nn.Linear(7, 3), {}, ValueError, "takes 7 input features"),
+    (nn.Sequential(nn.Linear(3, 3), nn.ReLU()), dict(mode="fft"), ValueError, "takes 3 input features"),
+    (nn.RNNCell(5, 3), dict(hidden_to_memory=True, mode="fused"), ValueError, "takes 5 input features"),
+    (nn.LSTM(4, 3), {}, TypeError, "one-step cell, got nn.LSTM, which runs whole sequences; use nn.LSTMCell"),
+    (nn.GRU(4, 3), {}, TypeError, "use nn.GRUCell"),
+], ids=["rnn-without-input-to-hidden", "gru-with-input-to-hidden", "linear", "sequential", "fused",
+        "nn.LSTM", "nn.GRU"])
+def test_hidden_cell_of_the_wrong_width_or_kind_is_refused(cell, kwargs, error, match):
+    """The batched modes read only the weight columns of the memory: a cell of another input width would run
+    there without a word (and fail deep inside torch in the loop)."""
+    with pytest.raises(error, match=match):
+        contime.LMU(1, 1, 4, 5.0, cell, **kwargs)
+
+
+def test_a_lazy_cell_is_left_to_its_first_call():
+    lmu = contime.LMU(1, 1, 4, 5.0, nn.Sequential(nn.LazyLinear(3), nn.Tanh()), mode="recurrent")
+    assert lmu(torch.randn(2, 5, 1))[0].shape == (2, 5, 3)
+
+
+@pytest.mark.parametrize("name, value, match", [
+    ("mode", "bogus", "mode must be one of"),
+    ("mode", "fused", "mode='fused' is not valid"),  # a GRU cell
+    ("fused_algorithm", "bogus", "fused_algorithm must be one of"),
+    ("kernel_precision", "bogus", "kernel_precision must be one of"),
+    ("conv_tol", 2.0, r"conv_tol must be in \[0, 1\)"),
+    ("conv_tol", float("nan"), r"conv_tol must be in \[0, 1\)"),
+    ("conv_tol", -1e-3, r"conv_tol must be in \[0, 1\)"),
+], ids=["mode", "mode-for-cell", "fused-algorithm", "kernel-precision", "conv-tol-2", "conv-tol-nan",
+        "conv-tol-negative"])
+def test_settings_are_checked_when_changed_after_construction(name, value, match):
+    lmu = contime.LMU(1, 1, 4, 5.0, nn.GRUCell(4, 3))
+    before = getattr(lmu, name)
+    with pytest.raises(ValueError, match=match):
+        setattr(lmu, name, value)
+    assert getattr(lmu, name) == before
+    with pytest.raises(ValueError, match=r"conv_tol must be in \[0, 1\)"):
+        contime.LMU(1, 1, 4, 5.0, mode="conv", conv_tol=1.0)
+
+
+def test_an_explicit_mode_made_invalid_by_a_flag_is_refused():
+    lmu = contime.LMU(1, 1, 4, 5.0, nn.Linear(4, 3), mode="final", return_sequences=False)
+    lmu.return_sequences = True
+    with pytest.raises(ValueError, match="mode='final' is not valid"):
+        lmu(torch.randn(2, 5, 1))
+
+
+def test_x_in_another_dtype_than_the_weights_is_refused():
+    lmu = contime.LMU(1, 1, 4, 5.0, nn.RNNCell(4, 3))
+    x = torch.randn(2, 5, 1)
+    with pytest.raises(TypeError, match="x has dtype float64, but the layer's weights are float32"):
+        lmu(x.double())
+    with pytest.raises(TypeError, match="x_t has dtype bfloat16"):
+        lmu.step(x[:, 0].bfloat16())
+    assert lmu.double()(x.double())[0].dtype == torch.float64
+    # Only theta (read in float64 anyway): any float dtype runs.
+    memory_only = contime.LMU(1, 1, 4, 5.0, input_kernel=False)
+    assert memory_only(x.double())[0].dtype == torch.float64
+
+
 def test_order_must_be_an_int():
     with pytest.raises(TypeError, match="order must be an int"):
         contime.LMU(1, 1, 2.5, 5.0)
@@ -104,6 +167,36 @@ def test_bad_state():
         lmu(x, torch.zeros(2, 4))
     with pytest.raises(ValueError, match="state.hidden must be None"):
         small_lmu()(x, contime.LMUState(torch.zeros(2, 4), torch.zeros(2, 4)))
+
+
+@pytest.mark.parametrize("hidden, error, match", [
+    (torch.zeros(2, 3), TypeError, r"state.hidden of an nn.LSTMCell must be a tuple \(h, c\), got Tensor"),
+    ((torch.zeros(2, 3),), TypeError, "must be a tuple \\(h, c\\), got a tuple of 1"),
+    ((torch.zeros(2, 3),) * 3, TypeError, "got a tuple of 3"),
+    ((torch.zeros(2, 3), None), TypeError, r"state.hidden\[1\] \(c\) must be a torch.Tensor"),
+    ((torch.zeros(2, 3), torch.zeros(2, 4)), ValueError, r"state.hidden\[1\] \(c\) must have shape"),
+    ((torch.zeros(2, 3), torch.full((2, 3), float("nan"))), ValueError, r"\(c\) contains NaN or Inf"),
+    ((torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3)), TypeError, "floating-point dtype, got torch.int64"),
+    ((torch.zeros(2, 3, device="meta"), torch.zeros(2, 3)), ValueError, "must be on x's device cpu, got meta"),
+], ids=["tensor", "1-tuple", "3-tuple", "c-none", "c-shape", "c-nan", "h-int", "h-device"])
+def test_bad_lstm_state(hidden, error, match):
+    lmu = contime.LMU(2, 1, 4, 5.0, nn.LSTMCell(4, 3))
+    with pytest.raises(error, match=match):
+        lmu(torch.randn(2, 5, 2), contime.LMUState(torch.zeros(2, 4), hidden))
+
+
+@pytest.mark.parametrize("memory, hidden, error, match", [
+    (torch.zeros(2, 4), (torch.zeros(2, 3),), TypeError, "must be one tensor"),
+    (torch.full((2, 4), float("inf")), None, ValueError, "state.memory contains NaN or Inf"),
+    (torch.zeros(2, 4, dtype=torch.int32), None, TypeError, "state.memory must have a floating-point dtype"),
+    (torch.zeros(2, 4, device="meta"), None, ValueError, "state.memory must be on x's device"),
+    (torch.zeros(2, 4), torch.tensor([[0.0, float("nan"), 0.0]] * 2), ValueError, "state.hidden contains NaN"),
+], ids=["tuple-for-gru", "memory-inf", "memory-int", "memory-device", "hidden-nan"])
+def test_bad_state_values(memory, hidden, error, match):
+    lmu = contime.LMU(2, 1, 4, 5.0, nn.GRUCell(4, 3))
+    for call in (lambda s: lmu(torch.randn(2, 5, 2), s), lambda s: lmu.step(torch.randn(2, 2), s)):
+        with pytest.raises(error, match=match):
+            call(contime.LMUState(memory, hidden))
 
 
 def test_bad_step_input():
@@ -441,6 +534,23 @@ def test_auto_under_forward_mode_ad(cell_type):
     lmu.mode = "recurrent"
     _, loop = torch.func.jvp(lambda v: lmu(v)[0], (x,), (tangent,))
     torch.testing.assert_close(auto, loop, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("cell", [None, nn.RNNCell(4, 3), nn.GRUCell(4, 3), nn.Linear(4, 3)],
+                         ids=["no-cell", "rnn", "gru", "linear"])
+def test_vmap_over_sequences_equals_the_batched_call(cell):
+    """torch.func.vmap: the input checks stand aside (a batched tensor has no one value to read) and "auto"
+    takes the loop for torch's cells; each sequence's output equals the batched call's."""
+    lmu = contime.LMU(1, 1, 4, 6.0, cell).double()
+    x = torch.randn(3, 9, 1, dtype=torch.float64)
+    mapped = torch.func.vmap(lambda seq: lmu(seq[None])[0][0])(x)
+    torch.testing.assert_close(mapped, lmu(x)[0], atol=1e-12, rtol=0)
+
+
+def test_explicit_batched_mode_under_vmap_says_what_to_use():
+    lmu = contime.LMU(1, 1, 4, 6.0, nn.RNNCell(4, 3), mode="fft")
+    with pytest.raises(ValueError, match="mode='fft' has no forward-mode AD or torch.func"):
+        torch.func.vmap(lambda seq: lmu(seq[None])[0][0])(torch.randn(3, 9, 1))
 
 
 @pytest.mark.parametrize("cell_type", [nn.RNNCell, nn.GRUCell, nn.LSTMCell])

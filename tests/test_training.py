@@ -192,6 +192,19 @@ def test_evaluate_and_predict_on_their_own():
     assert evaluate(model, (x, y), custom)["value"] == round(50 * (1 - scores["value"]))
 
 
+def test_evaluate_refuses_to_score_nan_outputs(tmp_path):
+    """A NaN in one validation input made NaN logits, and the accuracy of their argmax was reported as a score."""
+    x, y = classification(50)
+    x[7, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="val: the model's outputs are NaN or Inf for 1 of 50 samples"):
+        evaluate(mlp(), (x, y), "accuracy", name="val")
+    train, _, _ = splits()
+    trainer = Trainer(mlp(), TrainConfig(epochs=2, batch_size=16, seed=0), train, (x, y), run_dir=tmp_path,
+                      console=Console(file=io.StringIO()))
+    with pytest.raises(FloatingPointError, match="val: the model's outputs are NaN"):
+        trainer.fit()
+
+
 # ------------------------------------------------------------------------------------------ training
 def test_lr_multipliers_scale_a_parameter_group(tmp_path):
     """Adam's first step moves every parameter by about its group's learning rate: the suffix-matched one

@@ -26,11 +26,25 @@ def cell_kind(cell: nn.Module | None) -> str:
         return "none"
     if not isinstance(cell, nn.Module):
         raise TypeError(f"hidden_cell must be an nn.Module or None, got {type(cell).__name__}")
+    if isinstance(cell, nn.RNNBase):  # runs a whole sequence and returns (output, state): not one step
+        raise TypeError(f"hidden_cell must be a one-step cell, got nn.{type(cell).__name__}, which runs whole "
+                        f"sequences; use nn.{type(cell).__name__}Cell")
     if isinstance(cell, nn.RNNCellBase):
         return "recurrent"
     params = [p for p in inspect.signature(cell.forward).parameters.values()
               if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     return "recurrent" if len(params) >= 2 else "feedforward"
+
+
+def declared_input_size(cell: nn.Module) -> int | None:
+    """The input width a hidden cell declares: ``input_size`` of torch's cells, ``in_features`` of an
+    ``nn.Linear`` or of the ``nn.Linear`` that starts an ``nn.Sequential``; None for other modules (and for a
+    lazy module, whose width is set by its first call)."""
+    if isinstance(cell, nn.RNNCellBase):
+        return cell.input_size
+    if type(cell) is nn.Sequential and len(cell) > 0:
+        cell = cell[0]
+    return cell.in_features if type(cell) is nn.Linear else None
 
 
 def cell_output_size(cell: nn.Module, kind: str, in_features: int) -> int:

@@ -79,12 +79,19 @@ def _legt_cached(order: int, device: torch.device, dtype: torch.dtype) -> tuple[
         return A.to(device=device, dtype=dtype), B.to(device=device, dtype=dtype)
 
 
+def _under_vmap() -> bool:
+    """Whether a ``torch.func.vmap`` is among the active functorch transforms: its batched tensors have no single
+    value to read (``bool(t)`` raises), even beneath a ``grad``."""
+    stack = torch._C._functorch.get_interpreter_stack()
+    return bool(stack) and any(level.key() == torch._C._functorch.TransformType.Vmap for level in stack)
+
+
 def can_read_values(tensor: torch.Tensor) -> bool:
     """Whether a check may read ``tensor``'s values on the host: not while torch.compile traces (the read would
-    break its graph) nor, for a CUDA tensor, while the current stream captures a CUDA graph (a host
-    synchronization aborts the capture). The checks skipped then only guard against bad input; nothing computed
-    depends on them."""
-    if torch.compiler.is_compiling():
+    break its graph), not under ``torch.func.vmap``, nor, for a CUDA tensor, while the current stream captures a
+    CUDA graph (a host synchronization aborts the capture). The checks skipped then only guard against bad input;
+    nothing computed depends on them."""
+    if torch.compiler.is_compiling() or _under_vmap():
         return False
     return not (tensor.is_cuda and torch.cuda.is_current_stream_capturing())
 

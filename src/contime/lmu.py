@@ -85,6 +85,20 @@ def _probability(name: str, value) -> float:
     return float(value)
 
 
+def _check_state_tensor(name: str, value, shape: tuple, layout: str, like: torch.Tensor) -> None:
+    """A state tensor must be a float tensor of exactly ``shape`` on ``like``'s device, with finite values."""
+    if not torch.is_tensor(value):
+        raise TypeError(f"{name} must be a torch.Tensor {layout}, got {type(value).__name__}")
+    if not torch.is_floating_point(value):
+        raise TypeError(f"{name} must have a floating-point dtype, got {value.dtype}")
+    if tuple(value.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {layout}={tuple(shape)}, got {tuple(value.shape)}")
+    if value.device != like.device:
+        raise ValueError(f"{name} must be on x's device {like.device}, got {value.device}")
+    if can_read_values(value) and not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
 class LMU(nn.Module):
     """Legendre Memory Unit over a whole sequence.
 
@@ -141,8 +155,6 @@ class LMU(nn.Module):
         self.order = _positive_int("order", order)
         if discretizer not in DISCRETIZERS:
             raise ValueError(f"discretizer must be one of {DISCRETIZERS}, got {discretizer!r}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.discretizer = discretizer
         self.hidden_kind = hidden_ops.cell_kind(hidden_cell)
         if self.hidden_kind == "none" and (hidden_to_memory or input_to_hidden):
@@ -157,20 +169,21 @@ class LMU(nn.Module):
         self.batch_first = bool(batch_first)
         self.dropout = _probability("dropout", dropout)
         self.recurrent_dropout = _probability("recurrent_dropout", recurrent_dropout)
-        self.conv_tol = float(conv_tol)
-        if kernel_precision not in KERNEL_PRECISIONS:
-            raise ValueError(f"kernel_precision must be one of {KERNEL_PRECISIONS}, got {kernel_precision!r}")
+        # Settings checked by their setters (below), also when changed after construction.
+        self.conv_tol = conv_tol
         self.kernel_precision = kernel_precision
-        if fused_algorithm not in FUSED_ALGORITHMS:
-            raise ValueError(f"fused_algorithm must be one of {FUSED_ALGORITHMS}, got {fused_algorithm!r}")
-        if fused_algorithm == "convolution" and (memory_d != 1 or self.memory_to_memory):
-            raise ValueError("fused_algorithm='convolution' needs memory_d == 1 and no memory_to_memory, got "
-                             f"memory_d={memory_d}, memory_to_memory={self.memory_to_memory}")
         self.fused_algorithm = fused_algorithm
 
         self.theta = nn.Parameter(self._theta_tensor(theta), requires_grad=bool(trainable_theta))
         memory_size = self.memory_d * self.order
         hidden_in = memory_size + (input_size if self.input_to_hidden else 0)
+        declared = None if hidden_cell is None else hidden_ops.declared_input_size(hidden_cell)
+        if declared is not None and declared != hidden_in:
+            fed = f"memory_d*order={memory_size}" + (f" + input_size={input_size}" if self.input_to_hidden else "")
+            hint = ("; input_to_hidden=True would feed it x as well"
+                    if not self.input_to_hidden and declared == memory_size + input_size else "")
+            raise ValueError(f"hidden_cell takes {declared} input features, but the LMU feeds it {hidden_in} "
+                             f"({fed}){hint}")
         self.hidden_cell = hidden_cell
         self.output_size = (memory_size if self.hidden_kind == "none"
                             else hidden_ops.cell_output_size(hidden_cell, self.hidden_kind, hidden_in))
@@ -183,9 +196,63 @@ class LMU(nn.Module):
 
         self.mode = mode
         self._system_cache: dict = {}
+
+    # ------------------------------------------------------------------------------- checked settings
+    @property
+    def mode(self) -> str:
+        """The execution mode asked for (see the class docstring); ``resolve_mode`` tells what "auto" picks."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {value!r}")
+        self._check_mode_valid(value)
+        self._mode = value
+
+    def _check_mode_valid(self, mode: str) -> None:
+        """An explicit mode must compute this configuration (which flags set after construction may change)."""
         if mode != "auto" and mode not in self.valid_modes():
             raise ValueError(f"mode={mode!r} is not valid for this configuration; valid modes: {self.valid_modes()}"
                              + self._why_not_parallel())
+
+    @property
+    def kernel_precision(self) -> str:
+        """The Triton kernels' product precision on CUDA: one of ``KERNEL_PRECISIONS``."""
+        return self._kernel_precision
+
+    @kernel_precision.setter
+    def kernel_precision(self, value: str) -> None:
+        if value not in KERNEL_PRECISIONS:
+            raise ValueError(f"kernel_precision must be one of {KERNEL_PRECISIONS}, got {value!r}")
+        self._kernel_precision = value
+
+    @property
+    def fused_algorithm(self) -> str:
+        """How the "fused" mode computes the cell: one of ``FUSED_ALGORITHMS``."""
+        return self._fused_algorithm
+
+    @fused_algorithm.setter
+    def fused_algorithm(self, value: str) -> None:
+        if value not in FUSED_ALGORITHMS:
+            raise ValueError(f"fused_algorithm must be one of {FUSED_ALGORITHMS}, got {value!r}")
+        if value == "convolution" and (self.memory_d != 1 or self.memory_to_memory):
+            raise ValueError("fused_algorithm='convolution' needs memory_d == 1 and no memory_to_memory, got "
+                             f"memory_d={self.memory_d}, memory_to_memory={self.memory_to_memory}")
+        self._fused_algorithm = value
+
+    @property
+    def conv_tol(self) -> float:
+        """The "conv" mode's cut of the impulse response, a fraction of its peak in [0, 1)."""
+        return self._conv_tol
+
+    @conv_tol.setter
+    def conv_tol(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"conv_tol must be a float, got {type(value).__name__}")
+        if not 0.0 <= value < 1.0:  # NaN fails too; 1 or more would cut the response to nothing
+            raise ValueError(f"conv_tol must be in [0, 1), got {value}")
+        self._conv_tol = float(value)
 
     # ----------------------------------------------------------------------------------------- setup
     def _theta_tensor(self, theta) -> torch.Tensor:
@@ -256,8 +323,10 @@ class LMU(nn.Module):
         whatever this says (``_needs_cell_calls``).
         """
         if self.mode != "auto":
+            self._check_mode_valid(self.mode)  # flags such as return_sequences may have changed since
             return self.mode
-        return self._auto_mode(device, allow_fused=True, padded=padded)
+        # "fused" has no padding masks: a call with lengths takes the next choice (see forward)
+        return self._auto_mode(device, allow_fused=not padded, padded=padded)
 
     def _auto_mode(self, device, allow_fused: bool, padded: bool = False) -> str:
         modes = [m for m in self.valid_modes() if allow_fused or m != "fused"]
@@ -325,6 +394,14 @@ class LMU(nn.Module):
             raise ValueError(f"mode={mode!r} computes hidden_cell from its weights without calling it, so the "
                              f"forward hooks on hidden_cell (or a module in it) would not run; use "
                              f"mode='recurrent', or mode='auto', which calls a hooked cell step by step")
+
+    def _refuse_transforms(self, mode: str, x: torch.Tensor) -> None:
+        """An explicit mode whose autograd nodes have no forward-mode AD or vmap rule: say so, rather than leave it
+        to torch's message about autograd.Function internals."""
+        if self.mode != "auto" and self._reads_cell_weights(mode) and under_transform(
+                x, *self.hidden_cell.parameters()):
+            raise ValueError(f"mode={mode!r} has no forward-mode AD or torch.func (vmap, jvp, jacfwd) rule for "
+                             f"hidden_cell; use mode='recurrent', or mode='auto', which takes the loop there")
 
     def _fused_unsupported(self, lengths) -> str | None:
         """Why the "fused" mode cannot run this call, or None: it has no padding masks and no per-sequence
@@ -404,6 +481,19 @@ class LMU(nn.Module):
         # Data-dependent check: skipped while torch.compile traces or a CUDA graph is captured (can_read_values).
         if can_read_values(x) and not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains NaN or Inf")
+        self._check_dtype(x, name)
+
+    def _check_dtype(self, x: torch.Tensor, name: str) -> None:
+        """x must come in the dtype of the layer's weights (theta aside: it is read in float64), except under
+        autocast, which casts each product itself. Otherwise the first product fails deep inside torch."""
+        if torch.is_autocast_enabled(x.device.type):
+            return
+        dtypes = {p.dtype for key, p in self.named_parameters() if key != "theta" and p.is_floating_point()}
+        if dtypes and x.dtype not in dtypes:
+            weights = ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes))
+            raise TypeError(f"{name} has dtype {str(x.dtype).replace('torch.', '')}, but the layer's weights are "
+                            f"{weights}: convert one to the other (x.to(dtype) or lmu.to(dtype)), or use "
+                            f"torch.autocast")
 
     @staticmethod
     def _check_lengths(lengths, batch: int, time: int, device) -> torch.Tensor | None:
@@ -459,20 +549,33 @@ class LMU(nn.Module):
             return LMUState(like.new_zeros(batch, memory_size), None)
         if not isinstance(state, tuple) or len(state) != 2:
             raise TypeError("state must be an LMUState (memory, hidden) or a 2-tuple like it, "
-                            f"got {type(state).__name__}")
+                            f"got {type(state).__name__}" + (f" of {len(state)}" if isinstance(state, tuple) else ""))
         memory, hidden = state
-        if not torch.is_tensor(memory) or memory.shape != (batch, memory_size):
-            got = tuple(memory.shape) if torch.is_tensor(memory) else type(memory).__name__
-            raise ValueError(f"state.memory must have shape (batch, memory_d*order)=({batch}, {memory_size}), "
-                             f"got {got}")
-        if self.hidden_kind == "none" and hidden is not None:
-            raise ValueError("state.hidden must be None when there is no hidden_cell")
-        for part in (hidden if isinstance(hidden, tuple) else (hidden,)):
-            if part is not None and (not torch.is_tensor(part) or part.shape != (batch, self.output_size)):
-                got = tuple(part.shape) if torch.is_tensor(part) else type(part).__name__
-                raise ValueError(f"state.hidden must have shape (batch, hidden)=({batch}, {self.output_size}), "
-                                 f"got {got}")
+        _check_state_tensor("state.memory", memory, (batch, memory_size), "(batch, memory_d*order)", like)
+        for name, part in self._hidden_state_parts(hidden):
+            _check_state_tensor(name, part, (batch, self.output_size), "(batch, hidden)", like)
         return LMUState(memory.to(like.dtype), hidden)
+
+    def _hidden_state_parts(self, hidden) -> list[tuple[str, torch.Tensor]]:
+        """The tensors of ``state.hidden`` with their names, after checking its structure: None without a hidden
+        cell; (h, c) for an ``nn.LSTMCell``; one tensor for torch's other cells and for a feedforward part (its
+        last output); a tensor or a tuple of tensors for a recurrent cell of your own. None (start from zeros)
+        wherever there is a hidden cell."""
+        if hidden is None:
+            return []
+        if self.hidden_kind == "none":
+            raise ValueError(f"state.hidden must be None when there is no hidden_cell, got {type(hidden).__name__}")
+        if isinstance(self.hidden_cell, nn.LSTMCell):
+            if not isinstance(hidden, tuple) or len(hidden) != 2:
+                got = f"a tuple of {len(hidden)}" if isinstance(hidden, tuple) else type(hidden).__name__
+                raise TypeError(f"state.hidden of an nn.LSTMCell must be a tuple (h, c), got {got}")
+            return [("state.hidden[0] (h)", hidden[0]), ("state.hidden[1] (c)", hidden[1])]
+        one_tensor = self.hidden_kind == "feedforward" or type(self.hidden_cell) in hidden_ops.TORCH_CELLS
+        if isinstance(hidden, tuple) and one_tensor:
+            raise TypeError("state.hidden of this hidden_cell must be one tensor (batch, hidden), got a tuple")
+        if isinstance(hidden, tuple):
+            return [(f"state.hidden[{i}]", part) for i, part in enumerate(hidden)]
+        return [("state.hidden", hidden)]
 
     # --------------------------------------------------------------------------------------- forward
     def _dropout_masks(self, batch: int, like: torch.Tensor):
@@ -731,6 +834,7 @@ class LMU(nn.Module):
         if self.mode == "auto" and self._needs_cell_calls(mode, x):
             mode = "recurrent"
         self._refuse_skipped_hooks(mode)
+        self._refuse_transforms(mode, x)
         if mode == "fused" and self._fused_unsupported(lengths):
             if self.mode == "fused":
                 raise ValueError(f"mode='fused' does not support {self._fused_unsupported(lengths)}; "
