@@ -121,6 +121,33 @@ def test_constructor_errors():
         RoughTransformer(2, 3, d_model=10, n_heads=4)
     with pytest.raises(TypeError, match="SignatureConfig"):
         RoughTransformer(2, 3, signature={"depth": 2})
+    for width in (0, -5):  # 0 used to become 4 * d_model without a word
+        with pytest.raises(ValueError, match="dim_feedforward must be None"):
+            RoughTransformer(2, 3, dim_feedforward=width)
+
+
+def test_inputs_of_another_dtype_or_with_nan_are_refused():
+    values, times, mask = batch()
+    net = model()
+    with pytest.raises(TypeError, match="values has dtype float64, but the model's weights are float32"):
+        net(values.double(), times, mask)
+    features, token_times = net.features(values, times, mask)
+    with pytest.raises(TypeError, match="features has dtype float64"):
+        net.forward_features(features.double(), token_times)
+    with pytest.raises(TypeError, match="token_times must be a floating-point tensor"):
+        net.forward_features(features, token_times.long())
+    features[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match="features contains NaN or Inf"):
+        net.forward_features(features, token_times)
+    assert net(values, times.double(), mask).dtype == torch.float32  # float64 times (epoch seconds) are fine
+
+
+def test_precompute_refuses_an_empty_batch_and_a_bad_batch_size():
+    values, times, mask = batch()
+    with pytest.raises(ValueError, match="at least one series"):
+        precompute_features(values[:0], times[:0], mask[:0])
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+        precompute_features(values, times, mask, batch_size=0)
 
 
 def test_learns_to_tell_two_frequencies_apart():

@@ -269,6 +269,15 @@ def test_config_validation():
         SignatureConfig(local_widths=(1,))
     with pytest.raises(ValueError, match="time_range"):
         SignatureConfig(time_range=(1.0, 1.0))
+    with pytest.raises(ValueError, match="finite"):
+        SignatureConfig(time_range=(0.0, float("inf")))
+    with pytest.raises(ValueError, match=r"time_range must be \(start, end\), got \(0, 1, 2\)"):
+        SignatureConfig(time_range=(0, 1, 2))
+    with pytest.raises(TypeError, match=r"local_widths must be a tuple of ints, got 4; e.g. local_widths=\(4,\)"):
+        SignatureConfig(local_widths=4)
+    values, times, mask = irregular_batch(seed=3)
+    with pytest.raises(TypeError, match="config must be a SignatureConfig, got dict"):
+        signature_features(values, times, mask, config={})
 
 
 def test_masked_points_do_not_matter():

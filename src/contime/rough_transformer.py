@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+from .legendre import can_read_values
 from .signatures import SignatureConfig, signature_features
 
 POOLING = ("mean", "last", "cls")
@@ -57,6 +58,9 @@ class TokenEncoder(nn.Module):
             raise ValueError(f"d_model ({d_model}) must be even and divisible by n_heads ({n_heads})")
         if pooling not in POOLING:
             raise ValueError(f"pooling must be one of {POOLING}, got {pooling!r}")
+        if dim_feedforward is not None and (isinstance(dim_feedforward, bool) or not isinstance(dim_feedforward, int)
+                                            or dim_feedforward < 1):
+            raise ValueError(f"dim_feedforward must be None (4 * d_model) or an int >= 1, got {dim_feedforward!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.pooling = pooling
@@ -70,6 +74,15 @@ class TokenEncoder(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, n_layers, norm=nn.LayerNorm(d_model),
                                              enable_nested_tensor=False)
         self.head = nn.Linear(d_model, out_features)
+
+    def check_dtype(self, name: str, tensor: torch.Tensor) -> None:
+        """``tensor`` must come in the dtype of the encoder's weights, except under autocast (which casts each
+        product): raise naming it, instead of torch's "mixed dtype" from deep inside a LayerNorm."""
+        weight = self.project.weight
+        if tensor.dtype != weight.dtype and not torch.is_autocast_enabled(tensor.device.type):
+            raise TypeError(f"{name} has dtype {str(tensor.dtype).replace('torch.', '')}, but the model's weights "
+                            f"are {str(weight.dtype).replace('torch.', '')}: convert one to the other "
+                            f"({name}.to(dtype) or model.to(dtype)), or use torch.autocast")
 
     def forward(self, tokens: torch.Tensor, token_times: torch.Tensor,
                 token_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -133,11 +146,20 @@ class RoughTransformer(nn.Module):
         if torch.is_tensor(values) and values.ndim == 3 and values.shape[-1] != self.in_channels:
             raise ValueError(f"values must have in_channels={self.in_channels} channels in their last dimension, "
                              f"got {values.shape[-1]}")
+        if torch.is_tensor(values) and values.is_floating_point():
+            self.encoder.check_dtype("values", values)
         return signature_features(values, times, mask, self.signature)
 
     def forward_features(self, features: torch.Tensor, token_times: torch.Tensor) -> torch.Tensor:
         """The model on precomputed tokens (offline mode): ``(batch, K, F)``, ``(batch, K)`` -> output."""
         expected = (self.signature.n_windows, self.signature.feature_size(self.in_channels))
+        for name, tensor in (("features", features), ("token_times", token_times)):
+            if not torch.is_tensor(tensor) or not tensor.is_floating_point():
+                got = tensor.dtype if torch.is_tensor(tensor) else type(tensor).__name__
+                raise TypeError(f"{name} must be a floating-point tensor, got {got}")
+            if can_read_values(tensor) and not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{name} contains NaN or Inf")
+        self.encoder.check_dtype("features", features)
         if features.ndim != 3 or tuple(features.shape[1:]) != expected:
             raise ValueError(f"features must have shape (batch, {expected[0]}, {expected[1]}), "
                              f"got {tuple(features.shape)}")

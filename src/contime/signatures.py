@@ -29,6 +29,8 @@ run on the CPU and their results return to the GPU).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import warnings
@@ -94,13 +96,19 @@ class SignatureConfig:
         views = tuple(self.views)
         if not views or any(v not in VIEWS for v in views) or len(set(views)) != len(views):
             raise ValueError(f"views must be a non-empty combination of {VIEWS} without repeats, got {self.views!r}")
+        if isinstance(self.local_widths, int):
+            raise TypeError(f"local_widths must be a tuple of ints, got {self.local_widths!r}; "
+                            f"e.g. local_widths=({self.local_widths},)")
         widths = tuple(self.local_widths)
         if any(isinstance(w, bool) or not isinstance(w, int) or w < 2 for w in widths):
             raise ValueError(f"local_widths must be ints >= 2, got {self.local_widths!r}")
         if self.time_range is not None:
+            if len(tuple(self.time_range)) != 2:
+                raise ValueError(f"time_range must be (start, end), got {self.time_range!r}")
             start, end = (float(v) for v in self.time_range)
-            if not end > start:
-                raise ValueError(f"time_range must be (start, end) with end > start, got {self.time_range!r}")
+            if not (math.isfinite(start) and math.isfinite(end) and end > start):
+                raise ValueError(f"time_range must be (start, end), finite, with end > start, got "
+                                 f"{self.time_range!r}")
         object.__setattr__(self, "views", views)
         object.__setattr__(self, "local_widths", widths)
 
@@ -339,7 +347,9 @@ def signature_features(values: torch.Tensor, times: torch.Tensor, mask: torch.Te
     ``config.local_widths``. Token k's time is tau(g_k), the normalised end of its window.
     Differentiable with respect to values; computed on values' device, in values' dtype.
     """
-    config = config or SignatureConfig()
+    config = SignatureConfig() if config is None else config
+    if not isinstance(config, SignatureConfig):
+        raise TypeError(f"config must be a SignatureConfig, got {type(config).__name__}")
     mask = check_series(values, times, mask)
     time_range = None
     if config.time_range is not None:
@@ -395,6 +405,10 @@ def precompute_features(values: torch.Tensor, times: torch.Tensor, mask: torch.T
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """``signature_features`` for a whole dataset, computed once without gradients, in chunks of
     ``batch_size`` series (offline mode): ``(N, K, F)`` features and ``(N, K)`` token times."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if torch.is_tensor(values) and values.ndim >= 1 and values.shape[0] == 0:
+        raise ValueError(f"values must hold at least one series, got shape {tuple(values.shape)}")
     if mask is None:
         mask = torch.ones(times.shape, dtype=torch.bool, device=times.device)
     chunks = [signature_features(values[i:i + batch_size], times[i:i + batch_size], mask[i:i + batch_size], config)
