@@ -76,6 +76,25 @@ def test_cli_rejects_bad_t_values(tmp_path):
     assert not (tmp_path / "delay").exists()
 
 
+def test_cli_rejects_windows_too_short_for_the_noise(tmp_path):
+    """T = 20 samples 10 Hz noise at its Nyquist rate: it failed deep inside the noise generator, after the run
+    folder was made."""
+    result = CliRunner().invoke(app, ["run", "delay", "--t-values", "100,20", "--out-dir", str(tmp_path)])
+    text = " ".join(result.output.replace("│", " ").split())  # rich's error box wraps lines
+    assert result.exit_code != 0 and "t_values must exceed 2 * max_freq * theta_seconds = 20" in text
+    assert not (tmp_path / "delay").exists()
+
+
+@pytest.mark.parametrize("experiment", ["psmnist", "mackey-glass", "theta", "sinusoid"])
+@pytest.mark.parametrize("lr", ["0", "-1"])
+def test_cli_refuses_a_learning_rate_that_is_not_positive(tmp_path, experiment, lr):
+    """Before: theta ran with lr 0 (theta never moved) and sinusoid ended in a traceback after starting."""
+    result = CliRunner().invoke(app, ["run", experiment, "--quick", "--lr", lr, "--out-dir", str(tmp_path)])
+    text = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "must be > 0" in text, text[-300:]
+    assert not any(tmp_path.iterdir())
+
+
 def test_cli_version():
     result = CliRunner().invoke(app, ["version"])
     assert result.exit_code == 0 and "contime" in result.output

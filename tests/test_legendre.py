@@ -383,7 +383,8 @@ def test_readout_matches_explicit_shifted_legendre():
             assert abs(C[q, i] - ref) <= 1e-15, (q, i, C[q, i], ref)  # measured <= 2.4e-16
 
 
-@pytest.mark.parametrize("delays", [[-0.1], [0.5, 2.0001], [-1e-9, 1.0], [3.0]], ids=str)
+@pytest.mark.parametrize("delays", [[-0.1], [0.5, 2.0001], [-1e-9, 1.0], [3.0], [float("nan")], [[0.0, 1.0]]],
+                         ids=str)
 def test_readout_bad_delays(delays):
     with pytest.raises(ValueError, match="delays"):
         legendre_readout(4, delays, 2.0)

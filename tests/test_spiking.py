@@ -194,6 +194,9 @@ def test_poisson_runs_with_both_mappings_and_samplers(signal):
     ({"max_rates": (200, 600)}, "max_rates"),
     ({"intercepts": (-2, 1)}, "intercepts"),
     ({"reg": 0}, "reg"),
+    ({"seed": 1.7}, "seed"),
+    ({"seed": -1}, "seed"),
+    ({"theta": 1e-4, "n_eval": None}, "theta=0.0001 is too short for dt=0.001"),  # the default radius's noise
 ])
 def test_bad_parameters_are_named(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -216,6 +219,16 @@ def test_bad_inputs_are_named(u, message):
     net = make_net(n_neurons=10, n_eval=50)
     with pytest.raises(ValueError, match=message):
         net(u)
+
+
+def test_reference_refuses_a_memory_of_another_length():
+    net = make_net(n_neurons=10, n_eval=50)
+    u = torch.zeros(2, 30)
+    with pytest.raises(ValueError, match=r"memory must have u's \(batch, steps\)=\(2, 30\), got \(2, 20\)"):
+        net.reference(u, memory=torch.zeros(2, 20, 3))
+    with pytest.raises(ValueError, match=r"memory must be \(batch, steps, order=3\)"):
+        net.reference(u, memory=torch.zeros(2, 30))
+    torch.testing.assert_close(net.reference(u, memory=net.lmu_memory(u)), net.reference(u))
 
 
 def test_nengo_export_takes_one_signal():

@@ -326,7 +326,10 @@ def legendre_readout(order: int, delays, theta: float) -> torch.Tensor:
     """
     if not theta > 0:
         raise ValueError(f"theta must be > 0, got {theta!r}")
-    delays = np.asarray(delays, dtype=np.float64).reshape(-1)
-    if np.any(delays < 0) or np.any(delays > theta):
+    delays = np.asarray(delays, dtype=np.float64)
+    if delays.ndim > 1:
+        raise ValueError(f"delays must be a number or a 1-D list, got shape {delays.shape}")
+    delays = delays.reshape(-1)
+    if not np.all(np.isfinite(delays)) or np.any(delays < 0) or np.any(delays > theta):
         raise ValueError(f"delays must lie in [0, theta={theta}], got {delays.tolist()}")
     return shifted_legendre(order, delays / theta)

@@ -295,6 +295,8 @@ class SpikingLMUMemory:
             n_eval = eval_points.shape[0]
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
         self.order, self.n_neurons, self.neuron, self.mapping = order, n_neurons, neuron, mapping
         self.readout_tau, self.n_eval, self.seed = float(readout_tau), n_eval, int(seed)
         self.device, self.dtype = torch.device(device), dtype
@@ -322,6 +324,11 @@ class SpikingLMUMemory:
         return points
 
     def _default_radius(self) -> float:
+        cutoff = default_cutoff(self.order, self.theta)
+        if not cutoff < 0.5 / self.dt:
+            raise ValueError(f"theta={self.theta:g} is too short for dt={self.dt:g} to pick the default radius: its "
+                             f"test noise (order / (6 theta) = {cutoff:g} Hz) lies above the Nyquist frequency "
+                             f"{0.5 / self.dt:g} Hz; give radius=, a longer theta or a smaller dt")
         steps = max(int(round(10 * self.theta / self.dt)), 2)
         u = band_limited_noise(4, steps, self.dt, default_cutoff(self.order, self.theta), seed=0)
         return memory_radius(self.order, self.theta, self.dt, u)
@@ -495,7 +502,14 @@ class SpikingLMUMemory:
     def reference(self, u, memory: Optional[torch.Tensor] = None) -> torch.Tensor:
         """What ``simulate``'s decoded output would be with perfect decoding: the memory (default ``lmu_memory``)
         one step late (x_hat_t follows m_{t-1}) through the readout synapse. ``(batch, steps, d)`` float64."""
-        memory = self.lmu_memory(u) if memory is None else memory
+        if memory is None:
+            memory = self.lmu_memory(u)
+        elif not torch.is_tensor(memory) or memory.ndim != 3 or memory.shape[-1] != self.order:
+            got = tuple(memory.shape) if torch.is_tensor(memory) else type(memory).__name__
+            raise ValueError(f"memory must be (batch, steps, order={self.order}), got {got}")
+        elif tuple(memory.shape[:2]) != tuple(self._check_input(u).shape):
+            raise ValueError(f"memory must have u's (batch, steps)={tuple(self._check_input(u).shape)}, "
+                             f"got {tuple(memory.shape[:2])}")
         return lowpass(delay_steps(memory, 1), self.readout_tau, self.dt)
 
     def decode(self, memory: torch.Tensor, delays, theta: Optional[float] = None) -> torch.Tensor:

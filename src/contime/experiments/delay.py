@@ -102,6 +102,13 @@ class DelayConfig:
         if not (self.max_freq > 0 and self.theta_seconds > 0):
             raise ValueError(f"max_freq and theta_seconds must be > 0, got {self.max_freq!r}, "
                              f"{self.theta_seconds!r}")
+        # A window of T steps lasts theta_seconds, so a step is theta_seconds / T: the noise's band limit must
+        # stay below that sampling's Nyquist frequency, T / (2 theta_seconds).
+        too_few = [t for t in self.t_values if not self.max_freq < t / (2 * self.theta_seconds)]
+        if too_few:
+            raise ValueError(f"t_values must exceed 2 * max_freq * theta_seconds = "
+                             f"{2 * self.max_freq * self.theta_seconds:g} steps per window (to sample "
+                             f"{self.max_freq:g} Hz noise), got {too_few}")
 
     @classmethod
     def preset(cls, quick: bool = False, **overrides: Any) -> "DelayConfig":
@@ -262,7 +269,8 @@ def command(
     quick: bool = typer.Option(False, "--quick", help="T = 100 and 1,000 only; runs in seconds."),
     order: int = typer.Option(100, "--order", min=1, help="Legendre order of the memory."),
     t_values: Optional[str] = typer.Option(
-        None, "--t-values", help="Comma-separated steps per window; default 100,1000,10000,100000 (with --quick: 100,1000)."),
+        None, "--t-values", help="Comma-separated steps per window, each above 2 * max_freq * theta_seconds (20 by default, "
+        "so that the noise is sampled above its Nyquist rate); default 100,1000,10000,100000 (with --quick: 100,1000)."),
     n_test: int = typer.Option(10, "--n-test", min=10, help="Test sequences per T."),
     seed: int = typer.Option(0, "--seed", min=0, help="Base random seed."),
     batch_size: int = typer.Option(0, "--batch-size", min=0,

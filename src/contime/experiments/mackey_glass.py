@@ -398,7 +398,7 @@ def command(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help=f"Default {FULL['epochs']}."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
                                              help=f"Training windows per step (default {FULL['batch_size']})."),
-    lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help=f"Peak Adam learning rate (default {FULL['lr']:g}; "
+    lr: Optional[float] = typer.Option(None, "--lr", help=f"Peak Adam learning rate (> 0; default {FULL['lr']:g}; "
                                        "cosine decay)."),
     window: Optional[int] = typer.Option(None, "--window", min=2, help=f"Training window in steps (default "
                                          f"{FULL['window']})."),

@@ -373,7 +373,7 @@ def command(
     models: str = typer.Option(",".join(MODELS), "--models", help=f"Comma-separated, among {', '.join(MODELS)}."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs per model (default 10; 1 with --quick)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default 100 (the papers')."),
-    lr: float = typer.Option(1e-3, "--lr", min=0.0, help="Adam learning rate (constant)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (constant, > 0)."),
     dropout: float = typer.Option(0.0, "--dropout", min=0.0, max=0.99, help="Dropout on the parallel LMU's hidden layer."),
     max_steps_per_epoch: Optional[int] = typer.Option(None, "--max-steps-per-epoch", min=1,
                                                       help="Cap the optimizer steps of an epoch."),

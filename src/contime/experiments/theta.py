@@ -308,7 +308,7 @@ def command(
     order: Optional[int] = typer.Option(None, "--order", min=1, help=f"Memory order (default {FULL['order']})."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help=f"Adam steps per start (default "
                                         f"{FULL['steps']})."),
-    lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Peak relative step: the theta group's learning "
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak relative step (> 0): the theta group's learning "
                                        f"rate is lr * theta (default {FULL['lr']:g})."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Fresh sequences per step."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seeds the noise."),
@@ -318,6 +318,8 @@ def command(
     out_dir: str = OUT_DIR_OPTION,
 ) -> None:
     """Learn theta by backprop: from 10x too small and 10x too large, theta moves to the task's delay."""
+    if lr is not None and not lr > 0:  # 0 would leave theta where it starts
+        raise typer.BadParameter(f"must be > 0, got {lr}", param_hint="--lr")
     config = make_config(quick, delay=delay, order=order, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
     try:
         check_config(config)
