@@ -141,6 +141,18 @@ def test_bad_hyperparameters_are_reported_in_fit():
         small(RoughTransformerClassifier, epochs=0).fit(X, y)
     with pytest.raises(ValueError, match="n_heads"):
         small(RoughTransformerClassifier, d_model=10, n_heads=4).fit(X, y)
+    with pytest.raises(ValueError, match="device must name a torch device such as 'cpu' or 'cuda', got 'gpu0'"):
+        small(LMUClassifier, device="gpu0").fit(X, y)
+
+
+@pytest.mark.parametrize("cls", CLASSIFIERS + REGRESSORS)
+def test_infinite_values_are_an_error_not_missing(cls):
+    """The Rough Transformers took +-Inf for missing values (NaN) with only a numpy warning."""
+    X, y = frequency_task(8)
+    y = y if cls in CLASSIFIERS else np.arange(len(y), dtype=float)
+    X[5, 0, 3] = -np.inf
+    with pytest.raises(ValueError, match=r"X holds infinite values \(series 5\)"):
+        small(cls, epochs=1).fit(X, y)
 
 
 # --------------------------------------------------------------------------------------------------- seeding

@@ -68,11 +68,16 @@ def _padded(X) -> tuple[np.ndarray, np.ndarray]:
     Steps past a series' length are NaN. Always a copy: the caller's X is never written to.
     """
     if isinstance(X, np.ndarray):
-        return X.transpose(0, 2, 1).astype(np.float64), np.full(X.shape[0], X.shape[2], dtype=np.int64)
-    lengths = np.array([x.shape[1] for x in X], dtype=np.int64)
-    values = np.full((len(X), int(lengths.max()), X[0].shape[0]), np.nan)
-    for i, x in enumerate(X):
-        values[i, : x.shape[1]] = x.T
+        values, lengths = X.transpose(0, 2, 1).astype(np.float64), np.full(X.shape[0], X.shape[2], dtype=np.int64)
+    else:
+        lengths = np.array([x.shape[1] for x in X], dtype=np.int64)
+        values = np.full((len(X), int(lengths.max()), X[0].shape[0]), np.nan)
+        for i, x in enumerate(X):
+            values[i, : x.shape[1]] = x.T
+    infinite = np.flatnonzero(np.isinf(values).any(axis=(1, 2)))  # NaN marks a missing value; Inf is an error
+    if infinite.size:
+        shown = ", ".join(map(str, infinite[:10])) + (", ..." if infinite.size > 10 else "")
+        raise ValueError(f"X holds infinite values (series {shown}); NaN marks missing values")
     return values, lengths
 
 
@@ -111,6 +116,12 @@ class _NetworkEstimator:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if not float(self.lr) > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got {self.device!r}") from err
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device is {self.device!r}, but CUDA is not available here")
 
     def _inputs(self, X) -> list[torch.Tensor]:
         """aeon's inner X -> the network's input tensors on ``self.device``, standardised with fit's statistics."""
