@@ -95,8 +95,17 @@ def _check_state_tensor(name: str, value, shape: tuple, layout: str, like: torch
         raise ValueError(f"{name} must have shape {layout}={tuple(shape)}, got {tuple(value.shape)}")
     if value.device != like.device:
         raise ValueError(f"{name} must be on x's device {like.device}, got {value.device}")
-    if can_read_values(value) and not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def _check_finite(named: list[tuple[str, torch.Tensor]]) -> None:
+    """Raise naming the first of ``named`` that holds NaN or Inf. One host read for all of them (on a GPU, each
+    read waits for the stream), and none where values cannot be read (``can_read_values``)."""
+    if not named or not can_read_values(named[0][1]):
+        return
+    # One reduction over all of them: a step's state is small, and each op costs microseconds at that size.
+    values = named[0][1] if len(named) == 1 else torch.cat([tensor.reshape(-1) for _, tensor in named])
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(f"{next(n for n, t in named if not bool(torch.isfinite(t).all()))} contains NaN or Inf")
 
 
 class LMU(nn.Module):
@@ -478,22 +487,28 @@ class LMU(nn.Module):
                              f"got {x.shape[-1]}")
         if x.numel() == 0:
             raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
-        # Data-dependent check: skipped while torch.compile traces or a CUDA graph is captured (can_read_values).
-        if can_read_values(x) and not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name} contains NaN or Inf")
         self._check_dtype(x, name)
+        # Its values (NaN, Inf) are checked with the state's, in one read: _check_state.
 
     def _check_dtype(self, x: torch.Tensor, name: str) -> None:
         """x must come in the dtype of the layer's weights (theta aside: it is read in float64), except under
         autocast, which casts each product itself. Otherwise the first product fails deep inside torch."""
         if torch.is_autocast_enabled(x.device.type):
             return
-        dtypes = {p.dtype for key, p in self.named_parameters() if key != "theta" and p.is_floating_point()}
-        if dtypes and x.dtype not in dtypes:
-            weights = ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes))
+        weight = self._first_weight()
+        if weight is not None and x.dtype != weight.dtype:
             raise TypeError(f"{name} has dtype {str(x.dtype).replace('torch.', '')}, but the layer's weights are "
-                            f"{weights}: convert one to the other (x.to(dtype) or lmu.to(dtype)), or use "
-                            f"torch.autocast")
+                            f"{str(weight.dtype).replace('torch.', '')}: convert one to the other (x.to(dtype) or "
+                            f"lmu.to(dtype)), or use torch.autocast")
+
+    def _first_weight(self) -> torch.Tensor | None:
+        """The first weight that x (or the memory, in x's dtype) meets: the input kernel, else the hidden cell's
+        first floating-point parameter; None for a bare memory (its theta is read in float64 whatever x is)."""
+        if self.input_kernel is not None:
+            return self.input_kernel
+        if self.hidden_cell is not None:
+            return next((p for p in self.hidden_cell.parameters() if p.is_floating_point()), None)
+        return None
 
     @staticmethod
     def _check_lengths(lengths, batch: int, time: int, device) -> torch.Tensor | None:
@@ -543,17 +558,23 @@ class LMU(nn.Module):
         first = dt.reshape(-1)[0]
         return float(first) if bool((dt == first).all()) else None
 
-    def _check_state(self, state, batch: int, like: torch.Tensor) -> LMUState:
+    def _check_state(self, state, batch: int, like: torch.Tensor, x_name: str = "x") -> LMUState:
+        """The state to start from (zeros for None), after checking it, and the values of it and of x (``like``,
+        named ``x_name``): NaN or Inf in either is refused, skipped where values cannot be read (while
+        torch.compile traces, under vmap, during CUDA graph capture)."""
         memory_size = self.memory_d * self.order
         if state is None:
+            _check_finite([(x_name, like)])
             return LMUState(like.new_zeros(batch, memory_size), None)
         if not isinstance(state, tuple) or len(state) != 2:
             raise TypeError("state must be an LMUState (memory, hidden) or a 2-tuple like it, "
                             f"got {type(state).__name__}" + (f" of {len(state)}" if isinstance(state, tuple) else ""))
         memory, hidden = state
         _check_state_tensor("state.memory", memory, (batch, memory_size), "(batch, memory_d*order)", like)
-        for name, part in self._hidden_state_parts(hidden):
+        hidden_parts = self._hidden_state_parts(hidden)
+        for name, part in hidden_parts:
             _check_state_tensor(name, part, (batch, self.output_size), "(batch, hidden)", like)
+        _check_finite([(x_name, like), ("state.memory", memory)] + hidden_parts)
         return LMUState(memory.to(like.dtype), hidden)
 
     def _hidden_state_parts(self, hidden) -> list[tuple[str, torch.Tensor]]:
@@ -892,7 +913,7 @@ class LMU(nn.Module):
             self._check_dt_shape(dt, (batch,), "(batch,)")
         dt = self._check_dt_values(dt, x_t)
         time_scale = 1.0 if dt is None else self._constant_step(dt)
-        state = self._check_state(state, batch, x_t)
+        state = self._check_state(state, batch, x_t, "x_t")
         if time_scale is None:
             A_u, B_u, index = self._step_system(dt, x_t.dtype)
             A_bar, B_bar = A_u[index], B_u[index]  # (batch, k, n, n), (batch, k, n)
