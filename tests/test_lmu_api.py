@@ -115,8 +115,45 @@ def test_settings_are_checked_when_changed_after_construction(name, value, match
     with pytest.raises(ValueError, match=match):
         setattr(lmu, name, value)
     assert getattr(lmu, name) == before
+
+
+def test_conv_tol_is_checked_at_construction():
     with pytest.raises(ValueError, match=r"conv_tol must be in \[0, 1\)"):
         contime.LMU(1, 1, 4, 5.0, mode="conv", conv_tol=1.0)
+
+
+def test_an_lmu_pickled_before_the_checked_settings_loads(tmp_path):
+    """mode, kernel_precision, fused_algorithm and conv_tol were plain attributes: an LMU pickled then holds them
+    under their own names, and __setstate__ moves them behind the properties."""
+    lmu = contime.LMU(1, 1, 4, 5.0, nn.RNNCell(4, 3), mode="recurrent", conv_tol=1e-6)
+    state = lmu.__getstate__()
+    for name in ("mode", "kernel_precision", "fused_algorithm", "conv_tol"):
+        state[name] = state.pop("_" + name)  # the old layout
+    old = contime.LMU.__new__(contime.LMU)
+    old.__setstate__(state)
+    x = torch.randn(2, 5, 1)
+    assert old.mode == "recurrent" and old.conv_tol == 1e-6
+    torch.testing.assert_close(old(x)[0], lmu(x)[0], atol=0, rtol=0)
+
+
+def test_a_cell_of_your_own_may_keep_none_in_its_state():
+    class Cell(nn.Module):
+        hidden_size = 3
+
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4 + 3, 3)
+
+        def forward(self, inputs, state):
+            h = inputs.new_zeros(inputs.shape[0], 3) if state is None else state[0]
+            return torch.tanh(self.linear(torch.cat([inputs, h], -1))), None
+
+    lmu = contime.LMU(1, 1, 4, 5.0, Cell())
+    x = torch.randn(2, 6, 1)
+    _, state = lmu(x[:, :3])
+    torch.testing.assert_close(lmu(x[:, 3:], state)[0], lmu(x)[0][:, 3:])
+    with pytest.raises(ValueError, match=r"state.hidden\[0\] must have shape"):
+        lmu(x, contime.LMUState(state.memory, (torch.zeros(2, 4), None)))
 
 
 def test_an_explicit_mode_made_invalid_by_a_flag_is_refused():
@@ -540,11 +577,18 @@ def test_auto_under_forward_mode_ad(cell_type):
                          ids=["no-cell", "rnn", "gru", "linear"])
 def test_vmap_over_sequences_equals_the_batched_call(cell):
     """torch.func.vmap: the input checks stand aside (a batched tensor has no one value to read) and "auto"
-    takes the loop for torch's cells; each sequence's output equals the batched call's."""
+    takes the loop for a cell whose weights the batched modes read; each sequence's output equals the batched
+    call's."""
     lmu = contime.LMU(1, 1, 4, 6.0, cell).double()
     x = torch.randn(3, 9, 1, dtype=torch.float64)
+    loops = []
+    original = lmu._forward_recurrent
+    lmu._forward_recurrent = lambda *args: loops.append(1) or original(*args)
     mapped = torch.func.vmap(lambda seq: lmu(seq[None])[0][0])(x)
+    assert len(loops) == (0 if cell is None else 1)  # the batched modes read a cell's weights: the loop then
     torch.testing.assert_close(mapped, lmu(x)[0], atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="dt cannot be given under torch.func.vmap"):
+        torch.func.vmap(lambda seq: lmu(seq[None], dt=torch.ones(1, 9, dtype=torch.float64))[0][0])(x)
 
 
 def test_explicit_batched_mode_under_vmap_says_what_to_use():

@@ -192,17 +192,30 @@ def test_evaluate_and_predict_on_their_own():
     assert evaluate(model, (x, y), custom)["value"] == round(50 * (1 - scores["value"]))
 
 
+class MaskClass(nn.Module):
+    def __init__(self, index):
+        super().__init__()
+        self.index = index
+
+    def forward(self, logits):
+        return logits.index_fill(-1, torch.tensor([self.index]), float("-inf"))
+
+
 def test_evaluate_refuses_to_score_nan_outputs(tmp_path):
     """A NaN in one validation input made NaN logits, and the accuracy of their argmax was reported as a score."""
     x, y = classification(50)
     x[7, 0] = float("nan")
-    with pytest.raises(FloatingPointError, match="val: the model's outputs are NaN or Inf for 1 of 50 samples"):
+    with pytest.raises(FloatingPointError, match="val: the model's outputs are NaN for 1 of 50 samples"):
         evaluate(mlp(), (x, y), "accuracy", name="val")
     train, _, _ = splits()
     trainer = Trainer(mlp(), TrainConfig(epochs=2, batch_size=16, seed=0), train, (x, y), run_dir=tmp_path,
                       console=Console(file=io.StringIO()))
     with pytest.raises(FloatingPointError, match="val: the model's outputs are NaN"):
         trainer.fit()
+    masked = nn.Sequential(mlp(), MaskClass(2))  # -inf logits are meant: their accuracy is well defined
+    x[7, 0] = 0.0
+    assert evaluate(masked, (x, y), "accuracy")["value"] == pytest.approx(
+        (masked(x).argmax(-1) == y).double().mean().item())
 
 
 # ------------------------------------------------------------------------------------------ training

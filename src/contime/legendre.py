@@ -79,7 +79,7 @@ def _legt_cached(order: int, device: torch.device, dtype: torch.dtype) -> tuple[
         return A.to(device=device, dtype=dtype), B.to(device=device, dtype=dtype)
 
 
-def _under_vmap() -> bool:
+def under_vmap() -> bool:
     """Whether a ``torch.func.vmap`` is among the active functorch transforms: its batched tensors have no single
     value to read (``bool(t)`` raises), even beneath a ``grad``."""
     stack = torch._C._functorch.get_interpreter_stack()
@@ -91,7 +91,7 @@ def can_read_values(tensor: torch.Tensor) -> bool:
     break its graph), not under ``torch.func.vmap``, nor, for a CUDA tensor, while the current stream captures a
     CUDA graph (a host synchronization aborts the capture). The checks skipped then only guard against bad input;
     nothing computed depends on them."""
-    if torch.compiler.is_compiling() or _under_vmap():
+    if torch.compiler.is_compiling() or under_vmap():
         return False
     return not (tensor.is_cuda and torch.cuda.is_current_stream_capturing())
 

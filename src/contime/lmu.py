@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from . import hidden as hidden_ops
-from .legendre import DISCRETIZERS, can_read_values, discretize, discretize_steps, impulse_response
+from .legendre import (DISCRETIZERS, can_read_values, discretize, discretize_steps, impulse_response,
+                       under_vmap)
 from .ops.lmu_memory import (
     apply_step_matrices,
     linear_memory_conv,
@@ -102,10 +103,25 @@ def _check_finite(named: list[tuple[str, torch.Tensor]]) -> None:
     read waits for the stream), and none where values cannot be read (``can_read_values``)."""
     if not named or not can_read_values(named[0][1]):
         return
-    # One reduction over all of them: a step's state is small, and each op costs microseconds at that size.
-    values = named[0][1] if len(named) == 1 else torch.cat([tensor.reshape(-1) for _, tensor in named])
-    if not bool(torch.isfinite(values).all()):
+    # Small tensors (a state, a step's x) in one reduction, since each op costs microseconds at that size; a
+    # large one (a whole sequence) on its own rather than copied.
+    small = [tensor.reshape(-1) for _, tensor in named if tensor.numel() <= _SMALL]
+    finite = [torch.isfinite(tensor).all() for _, tensor in named if tensor.numel() > _SMALL]
+    if small:
+        finite.append(torch.isfinite(torch.cat(small) if len(small) > 1 else small[0]).all())
+    for flag in finite[1:]:
+        finite[0] = finite[0] & flag
+    if not bool(finite[0]):
         raise ValueError(f"{next(n for n, t in named if not bool(torch.isfinite(t).all()))} contains NaN or Inf")
+
+
+_SMALL = 1 << 16  # elements: _check_finite concatenates tensors up to this size
+
+
+def _refuse_dt_under_vmap(dt) -> None:
+    if dt is not None and under_vmap():
+        raise ValueError("dt cannot be given under torch.func.vmap: irregular steps group the distinct step "
+                         "lengths (a shape that depends on values); call the layer on the whole batch instead")
 
 
 class LMU(nn.Module):
@@ -580,8 +596,8 @@ class LMU(nn.Module):
     def _hidden_state_parts(self, hidden) -> list[tuple[str, torch.Tensor]]:
         """The tensors of ``state.hidden`` with their names, after checking its structure: None without a hidden
         cell; (h, c) for an ``nn.LSTMCell``; one tensor for torch's other cells and for a feedforward part (its
-        last output); a tensor or a tuple of tensors for a recurrent cell of your own. None (start from zeros)
-        wherever there is a hidden cell."""
+        last output); a tensor or a tuple of tensors (or None) for a recurrent cell of your own, each tensor
+        ``(batch, hidden)``. None (start from zeros) wherever there is a hidden cell."""
         if hidden is None:
             return []
         if self.hidden_kind == "none":
@@ -594,8 +610,8 @@ class LMU(nn.Module):
         one_tensor = self.hidden_kind == "feedforward" or type(self.hidden_cell) in hidden_ops.TORCH_CELLS
         if isinstance(hidden, tuple) and one_tensor:
             raise TypeError("state.hidden of this hidden_cell must be one tensor (batch, hidden), got a tuple")
-        if isinstance(hidden, tuple):
-            return [(f"state.hidden[{i}]", part) for i, part in enumerate(hidden)]
+        if isinstance(hidden, tuple):  # a cell of your own: its None parts are its business
+            return [(f"state.hidden[{i}]", part) for i, part in enumerate(hidden) if part is not None]
         return [("state.hidden", hidden)]
 
     # --------------------------------------------------------------------------------------- forward
@@ -839,6 +855,7 @@ class LMU(nn.Module):
             state: the ``LMUState`` after each sequence's last valid step.
         """
         self._check_x(x)
+        _refuse_dt_under_vmap(dt)
         if dt is not None:  # shape checked as given, before the time-major layout is turned batch-first
             self._check_dt_shape(dt, tuple(x.shape[:2]), "(batch, time)" if self.batch_first else "(time, batch)")
         if not self.batch_first:
@@ -909,6 +926,7 @@ class LMU(nn.Module):
         """
         self._check_x(x_t, "x_t", ndim=2)
         batch = x_t.shape[0]
+        _refuse_dt_under_vmap(dt)
         if dt is not None:
             self._check_dt_shape(dt, (batch,), "(batch,)")
         dt = self._check_dt_values(dt, x_t)
@@ -922,6 +940,14 @@ class LMU(nn.Module):
         input_mask, recurrent_mask = self._dropout_masks(x_t.shape[0], x_t)
         u_x = self._input_drive(x_t[:, None], input_mask)[:, 0]
         return self._cell_step(x_t, u_x, state, A_bar, B_bar, recurrent_mask)
+
+    def __setstate__(self, state):
+        """Unpickle, also an LMU pickled before ``mode`` and its siblings became checked properties (their
+        values were then plain attributes)."""
+        for name in ("mode", "kernel_precision", "fused_algorithm", "conv_tol"):
+            if name in state:
+                state["_" + name] = state.pop(name)
+        super().__setstate__(state)
 
     def __getstate__(self):
         """Pickled (torch.save, copy.deepcopy, joblib) without the system cache: it is rebuilt on demand, and

@@ -96,16 +96,18 @@ def evaluate(model: nn.Module, data: Any, metric: str | Metric = "accuracy", *, 
         predictions at once when a loss is given.
 
     Raises:
-        FloatingPointError: where the model's outputs are NaN or Inf for any sample.
+        FloatingPointError: where the model's outputs are NaN for any sample.
     """
     metric = resolve_metric(metric)
     loss_fn = None if loss is None else resolve_loss(loss)[1]
     pred, target = _outputs(model, data, name, True, batch_size, device, autocast, callback)
-    if pred.is_floating_point():  # a score of NaN predictions would be a number that means nothing
-        bad = (~torch.isfinite(pred)).reshape(pred.shape[0], -1).any(dim=1)
+    # A score of NaN predictions would be a number that means nothing (Inf can be meant: a logit of -inf masks
+    # a class).
+    if pred.is_floating_point():
+        bad = torch.isnan(pred).reshape(pred.shape[0], -1).any(dim=1)
         if bool(bad.any()):
-            raise FloatingPointError(f"{name}: the model's outputs are NaN or Inf for {int(bad.sum())} of "
-                                     f"{pred.shape[0]} samples (NaN or Inf in those inputs, or a diverged model)")
+            raise FloatingPointError(f"{name}: the model's outputs are NaN for {int(bad.sum())} of "
+                                     f"{pred.shape[0]} samples (NaN in those inputs, or a diverged model)")
     value = metric(pred, target)
     loss_value = None
     if loss_fn is not None:
