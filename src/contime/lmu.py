@@ -124,6 +124,27 @@ def _refuse_dt_under_vmap(dt) -> None:
                          "lengths (a shape that depends on values); call the layer on the whole batch instead")
 
 
+class _Choice:
+    """A setting of the LMU that must be one of ``choices``, checked whenever it is set (also after construction),
+    then by the LMU's method named ``also``, if any. Stored as ``_<name>``."""
+
+    def __init__(self, choices: tuple[str, ...], doc: str, also: str | None = None):
+        self.choices, self.also, self.__doc__ = choices, also, doc
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, lmu, owner=None):
+        return self if lmu is None else getattr(lmu, "_" + self.name)
+
+    def __set__(self, lmu, value: str) -> None:
+        if value not in self.choices:
+            raise ValueError(f"{self.name} must be one of {self.choices}, got {value!r}")
+        if self.also is not None:
+            getattr(lmu, self.also)(value)
+        setattr(lmu, "_" + self.name, value)
+
+
 class LMU(nn.Module):
     """Legendre Memory Unit over a whole sequence.
 
@@ -223,17 +244,11 @@ class LMU(nn.Module):
         self._system_cache: dict = {}
 
     # ------------------------------------------------------------------------------- checked settings
-    @property
-    def mode(self) -> str:
-        """The execution mode asked for (see the class docstring); ``resolve_mode`` tells what "auto" picks."""
-        return self._mode
-
-    @mode.setter
-    def mode(self, value: str) -> None:
-        if value not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {value!r}")
-        self._check_mode_valid(value)
-        self._mode = value
+    mode = _Choice(MODES, "The execution mode asked for (see the class docstring); ``resolve_mode`` tells what "
+                          "\"auto\" picks.", also="_check_mode_valid")
+    kernel_precision = _Choice(KERNEL_PRECISIONS, "The Triton kernels' product precision on CUDA.")
+    fused_algorithm = _Choice(FUSED_ALGORITHMS, "How the \"fused\" mode computes the cell.",
+                              also="_check_fused_algorithm")
 
     def _check_mode_valid(self, mode: str) -> None:
         """An explicit mode must compute this configuration (which flags set after construction may change)."""
@@ -241,30 +256,10 @@ class LMU(nn.Module):
             raise ValueError(f"mode={mode!r} is not valid for this configuration; valid modes: {self.valid_modes()}"
                              + self._why_not_parallel())
 
-    @property
-    def kernel_precision(self) -> str:
-        """The Triton kernels' product precision on CUDA: one of ``KERNEL_PRECISIONS``."""
-        return self._kernel_precision
-
-    @kernel_precision.setter
-    def kernel_precision(self, value: str) -> None:
-        if value not in KERNEL_PRECISIONS:
-            raise ValueError(f"kernel_precision must be one of {KERNEL_PRECISIONS}, got {value!r}")
-        self._kernel_precision = value
-
-    @property
-    def fused_algorithm(self) -> str:
-        """How the "fused" mode computes the cell: one of ``FUSED_ALGORITHMS``."""
-        return self._fused_algorithm
-
-    @fused_algorithm.setter
-    def fused_algorithm(self, value: str) -> None:
-        if value not in FUSED_ALGORITHMS:
-            raise ValueError(f"fused_algorithm must be one of {FUSED_ALGORITHMS}, got {value!r}")
+    def _check_fused_algorithm(self, value: str) -> None:
         if value == "convolution" and (self.memory_d != 1 or self.memory_to_memory):
             raise ValueError("fused_algorithm='convolution' needs memory_d == 1 and no memory_to_memory, got "
                              f"memory_d={self.memory_d}, memory_to_memory={self.memory_to_memory}")
-        self._fused_algorithm = value
 
     @property
     def conv_tol(self) -> float:

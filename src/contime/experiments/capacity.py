@@ -138,11 +138,6 @@ class CapacityConfig:
         # The task's fields, the T values and their Nyquist limit, checked by the delay experiment's config.
         for t_values in (self.lmu0_t_values, self.t_values):
             self.delay_config(t_values)
-            for T in t_values:
-                if not self.max_freq < 0.5 * T / self.theta_seconds:
-                    raise ValueError(f"T = {T} samples theta = {self.theta_seconds:g} s at "
-                                     f"{T / self.theta_seconds:g} Hz: max_freq ({self.max_freq:g} Hz) must lie "
-                                     f"below its Nyquist frequency {0.5 * T / self.theta_seconds:g} Hz")
         TrainConfig(epochs=1, batch_size=self.batch_size, lr=self.lstm_lr, schedule=self.schedule,
                     clip_grad_norm=self.clip_grad_norm, seed=self.seed)  # raises ValueError naming the field
 

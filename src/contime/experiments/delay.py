@@ -108,7 +108,7 @@ class DelayConfig:
         if too_few:
             raise ValueError(f"t_values must exceed 2 * max_freq * theta_seconds = "
                              f"{2 * self.max_freq * self.theta_seconds:g} steps per window (to sample "
-                             f"{self.max_freq:g} Hz noise), got {too_few}")
+                             f"{self.max_freq:g} Hz noise above its Nyquist rate), got {too_few}")
 
     @classmethod
     def preset(cls, quick: bool = False, **overrides: Any) -> "DelayConfig":
