@@ -141,6 +141,14 @@ def test_bad_options_name_the_option():
     assert result.exit_code == 2 and "--cuda-graph" in result.output and "CUDA" in result.output
 
 
+def test_an_unwritable_out_is_refused_before_any_timing(tmp_path):
+    """It was found only when the results were written, after every timing had run."""
+    result = CliRunner().invoke(app, ["bench", "--quick", "--device", "cpu", "--out", str(tmp_path)])
+    text = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "--out" in text and "is a folder" in text
+    assert "floor bandwidth" not in text  # refused before the run's header
+
+
 def test_cuda_graph_timing_refuses_a_cpu_device():
     from contime.bench.runner import run_timings
     from contime.bench.timing import graph_replay

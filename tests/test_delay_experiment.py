@@ -95,6 +95,19 @@ def test_cli_refuses_a_learning_rate_that_is_not_positive(tmp_path, experiment, 
     assert not any(tmp_path.iterdir())
 
 
+def test_resume_finds_the_run_with_the_same_settings(tmp_path):
+    """A start that failed after making its folder (say, on missing data) is newer than the killed run: --resume
+    picked it and refused, since its settings differed."""
+    from contime.experiments.rundir import open_run_dir
+    killed, failed = tmp_path / "psmnist" / "20260101-000000", tmp_path / "psmnist" / "20260101-000100"
+    for folder, dataset in ((killed, "mnist5k"), (failed, "mnist")):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"dataset": dataset, "epochs": 3}))
+    assert open_run_dir("psmnist", {"dataset": "mnist5k", "epochs": 3}, tmp_path, resume=True) == killed
+    with pytest.raises(ValueError, match=r"differs from the stored run .*000100 in \['epochs'\]"):
+        open_run_dir("psmnist", {"dataset": "mnist", "epochs": 4}, tmp_path, resume=True)
+
+
 def test_cli_version():
     result = CliRunner().invoke(app, ["version"])
     assert result.exit_code == 0 and "contime" in result.output

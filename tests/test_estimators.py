@@ -143,6 +143,10 @@ def test_bad_hyperparameters_are_reported_in_fit():
         small(RoughTransformerClassifier, d_model=10, n_heads=4).fit(X, y)
     with pytest.raises(ValueError, match="device must name a torch device such as 'cpu' or 'cuda', got 'gpu0'"):
         small(LMUClassifier, device="gpu0").fit(X, y)
+    with pytest.raises(ValueError, match="hidden_size must be an int >= 1, got 0"):  # was an MKL FFT error
+        small(LMUClassifier, hidden_size=0).fit(X, y)
+    with pytest.raises(TypeError, match=r"views must be a tuple, got 'global'; e.g. views=\('global',\)"):
+        small(RoughTransformerClassifier, views="global").fit(X, y)
 
 
 @pytest.mark.parametrize("cls", CLASSIFIERS + REGRESSORS)

@@ -131,6 +131,16 @@ def test_resume_without_a_run_is_refused(tmp_path):
     assert result.exit_code == 2 and "no run" in result.output
 
 
+def test_unreadable_data_is_a_one_line_error(tmp_path):
+    """A CSV of other contents (or a truncated file) ended in a traceback: only missing files were caught."""
+    import gzip
+    bad = tmp_path / "bad.csv.gz"
+    bad.write_bytes(gzip.compress(b"garbage\n"))
+    result = invoke("run", "psmnist", "--quick", "--dataset", "mnist5k", "--data-dir", str(bad),
+                    "--out-dir", str(tmp_path / "runs"))
+    assert result.exit_code == 2 and "could not load --dataset mnist5k" in result.output, result.output
+
+
 # ------------------------------------------------------------------------------------------ time budget
 def test_time_budget_stops_after_the_epoch_and_records_it(tmp_path):
     result = invoke(*QUICK, "--models", "plmu", "--epochs", "3", "--time-budget", "0", "--out-dir", str(tmp_path))

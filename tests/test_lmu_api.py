@@ -85,8 +85,9 @@ def test_bad_constructor_arguments(kwargs, match):
     (nn.RNNCell(5, 3), dict(hidden_to_memory=True, mode="fused"), ValueError, "takes 5 input features"),
     (nn.LSTM(4, 3), {}, TypeError, "one-step cell, got nn.LSTM, which runs whole sequences; use nn.LSTMCell"),
     (nn.GRU(4, 3), {}, TypeError, "use nn.GRUCell"),
+    (nn.GRUCell(4, 0), {}, ValueError, "at least one output unit, got 0"),  # was a ZeroDivisionError in auto
 ], ids=["rnn-without-input-to-hidden", "gru-with-input-to-hidden", "linear", "sequential", "fused",
-        "nn.LSTM", "nn.GRU"])
+        "nn.LSTM", "nn.GRU", "no-units"])
 def test_hidden_cell_of_the_wrong_width_or_kind_is_refused(cell, kwargs, error, match):
     """The batched modes read only the weight columns of the memory: a cell of another input width would run
     there without a word (and fail deep inside torch in the loop)."""

@@ -27,6 +27,7 @@ from contime.training import (METRICS, Metric, TrainConfig, Trainer, epoch_order
                               learning_rate, load_weights, predict, read_checkpoint, write_checkpoint)
 from contime.training import checkpoint as ckpt
 from contime.training.batches import epoch_batches
+from contime.training.metrics import resolve_loss
 
 # Keys of a history entry that are measured, not computed: they may differ between equal runs.
 TIMING_KEYS = ("seconds", "eval_seconds", "samples_per_second")
@@ -159,6 +160,25 @@ def test_losses_and_metrics_check_shapes_and_values():
     assert METRICS["nrmse"](p, t) == pytest.approx(rmse / t.double().std(correction=0).item(), rel=1e-12)
     assert METRICS["accuracy"].better(0.9, 0.8) and METRICS["mse"].better(0.1, 0.2)
     assert not METRICS["mse"].better(float("nan"), 0.2)
+
+
+@pytest.mark.parametrize("labels, match", [
+    (torch.tensor([0, 1, 3]), r"targets y must be class indices in \[0, 3\) for the model's 3 outputs, got values "
+                              r"from 0 to 3"),
+    (torch.tensor([0, -100, 2]), "got values from -100 to 2"),  # torch would skip -100 in the loss, not in accuracy
+], ids=["too-large", "ignore-index"])
+def test_class_targets_out_of_range_are_named(labels, match):
+    logits = torch.randn(3, 3)
+    with pytest.raises(ValueError, match=match):
+        METRICS["accuracy"](logits, labels)
+    with pytest.raises(ValueError, match=match):
+        resolve_loss("cross_entropy")[1](logits, labels)
+
+
+def test_int32_class_targets_are_taken():
+    logits, labels = torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])
+    torch.testing.assert_close(resolve_loss("cross_entropy")[1](logits, labels.int()),
+                               nn.functional.cross_entropy(logits, labels))
 
 
 class PairDataset(Dataset):

@@ -260,6 +260,10 @@ class _LMUEstimator(_NetworkEstimator):
     def _build_network(self, n_channels: int, out_features: int, lengths: np.ndarray) -> nn.Module:
         if self.hidden_cell not in HIDDEN_CELLS:
             raise ValueError(f"hidden_cell must be one of {HIDDEN_CELLS}, got {self.hidden_cell!r}")
+        for name in ("order", "hidden_size"):  # the LMU would name them otherwise (hidden_size as hidden_cell)
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         # theta defaults to the longest training series, so the memory's window covers every series.
         self.theta_ = float(self.theta if self.theta is not None else lengths.max())
         self.memory_d_ = int(self.memory_d if self.memory_d is not None else n_channels)
@@ -391,7 +395,8 @@ class _RoughTransformerEstimator(_NetworkEstimator):
         super().__init__()
 
     def _signature_config(self) -> SignatureConfig:
-        return SignatureConfig(depth=self.depth, n_windows=self.n_windows, views=tuple(self.views),
+        views = self.views if isinstance(self.views, str) else tuple(self.views)  # a string: SignatureConfig says so
+        return SignatureConfig(depth=self.depth, n_windows=self.n_windows, views=views,
                                univariate=self.univariate, log_signature=self.log_signature,
                                basepoint=self.basepoint)
 

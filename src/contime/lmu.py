@@ -233,6 +233,8 @@ class LMU(nn.Module):
         self.hidden_cell = hidden_cell
         self.output_size = (memory_size if self.hidden_kind == "none"
                             else hidden_ops.cell_output_size(hidden_cell, self.hidden_kind, hidden_in))
+        if self.output_size < 1:
+            raise ValueError(f"hidden_cell must have at least one output unit, got {self.output_size}")
 
         self.input_kernel = nn.Parameter(torch.empty(input_size, memory_d)) if input_kernel else None
         self.hidden_kernel = nn.Parameter(torch.empty(self.output_size, memory_d)) if hidden_to_memory else None

@@ -93,6 +93,8 @@ class SignatureConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if isinstance(self.views, str):
+            raise TypeError(f"views must be a tuple, got {self.views!r}; e.g. views=({self.views!r},)")
         views = tuple(self.views)
         if not views or any(v not in VIEWS for v in views) or len(set(views)) != len(views):
             raise ValueError(f"views must be a non-empty combination of {VIEWS} without repeats, got {self.views!r}")

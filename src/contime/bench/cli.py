@@ -12,6 +12,7 @@ Each (path, pass) is one table row and one JSON line appended to ``--out``; ``--
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -29,6 +30,19 @@ QUICK_REPEAT = 2
 QUICK_COPY_BYTES = 32 << 20
 
 
+def _check_writable(out: str) -> None:
+    """Before minutes of timings: ``--out`` must be a file that can be appended to (its folder is made)."""
+    path = Path(out)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(f"{out} is a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a"):
+            pass
+    except OSError as err:
+        raise typer.BadParameter(f"cannot append JSON lines to {out}: {err}", param_hint="--out") from err
+
+
 def parse_choice_list(text: Optional[str], choices, option: str, what: str) -> list[str]:
     """A comma-separated subset of ``choices`` (order kept, repeats dropped); unknown names raise BadParameter
     naming ``option`` and listing the valid ones. None or empty selects all of ``choices``."""
@@ -37,7 +51,8 @@ def parse_choice_list(text: Optional[str], choices, option: str, what: str) -> l
     names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
     unknown = [n for n in names if n not in choices]
     if unknown or not names:
-        raise typer.BadParameter(f"unknown {what} {', '.join(map(repr, unknown)) or repr(text)}; valid {what}s: "
+        raise typer.BadParameter(f"unknown {what} {', '.join(map(repr, unknown)) or repr(text)}; valid "
+                                 f"{what + ('es' if what.endswith('s') else 's')}: "
                                  f"{', '.join(choices)}", param_hint=option)
     return names
 
@@ -131,6 +146,7 @@ def bench(
     if REFERENCE_PATH not in names:
         names.append(REFERENCE_PATH)
     pass_names = parse_choice_list(passes, list(PASSES), "--passes", "pass")
+    _check_writable(out)
     try:
         target = resolve_device(device)
     except ValueError as err:

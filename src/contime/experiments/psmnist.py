@@ -214,7 +214,12 @@ def load_images(dataset: str, data_dir: str | None, download: bool, seed: int):
 def load_psmnist(dataset: str, permutation: torch.Tensor, *, data_dir: str | None = None, download: bool = False,
                  seed: int = 0, quick: bool = False) -> PsmnistData:
     """Permuted pixel sequences ``(N, 784, 1)`` float32 in [0, 1] and labels, split into train / val / test."""
-    split, source = load_images(dataset, data_dir, download, seed)
+    try:
+        split, source = load_images(dataset, data_dir, download, seed)
+    except PsmnistError:
+        raise
+    except (OSError, ValueError) as err:  # corrupt or truncated files, a CSV of other columns, too few images
+        raise PsmnistError(f"could not load --dataset {dataset}: {err}") from err
     limits = (QUICK_TRAIN, QUICK_VAL, QUICK_TEST) if quick else (None, None, None)
     parts = []
     for (images, labels), limit in zip(split, limits):

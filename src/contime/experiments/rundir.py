@@ -147,8 +147,9 @@ def open_run_dir(experiment: str, config: dict[str, Any], base_dir: str | os.Pat
         experiment: experiment name.
         config: the run's configuration (JSON-serialisable).
         base_dir: parent of all runs.
-        resume: continue the newest run of this experiment under ``base_dir`` (or ``run_dir`` when given);
-            its config.json must equal ``config``, so a resumed run computes what the killed one would have.
+        resume: continue the newest run of this experiment under ``base_dir`` whose config.json equals
+            ``config`` (so a resumed run computes what the killed one would have, and a later start that failed
+            with other settings does not hide it), or ``run_dir`` when given.
         run_dir: an explicit run folder to continue (implies resume).
 
     Raises:
@@ -164,17 +165,26 @@ def open_run_dir(experiment: str, config: dict[str, Any], base_dir: str | os.Pat
         runs = sorted(p for p in (Path(base_dir) / experiment).glob("*") if (p / "config.json").is_file())
         if not runs:
             raise FileNotFoundError(f"resume: no run of {experiment!r} with a config.json under {base_dir}")
-        path = runs[-1]
+        same = [p for p in runs if _stored_config(p) == _as_json(config)]
+        path = (same or runs)[-1]  # none the same: the newest, whose differing keys the error names
     stored_file = path / "config.json"
     if not stored_file.is_file():
         raise FileNotFoundError(f"run_dir {path} has no config.json to resume from")
-    stored = json.loads(stored_file.read_text())
-    wanted = json.loads(json.dumps(config))  # same JSON normalisation as the stored copy
+    stored = _stored_config(path)
+    wanted = _as_json(config)
     differing = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
     if differing:
         raise ValueError(f"resume: the configuration differs from the stored run {path} in {differing}; "
                          "start a new run instead")
     return path
+
+
+def _stored_config(run: Path) -> Any:
+    return json.loads((run / "config.json").read_text())
+
+
+def _as_json(config: dict[str, Any]) -> Any:
+    return json.loads(json.dumps(config))  # the same normalisation as the stored copy (tuples become lists)
 
 
 def command_console() -> Console:

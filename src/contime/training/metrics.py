@@ -39,12 +39,18 @@ def _check_classes(logits: torch.Tensor, target: torch.Tensor, what: str) -> Non
     if logits.ndim != target.ndim + 1 or logits.shape[:-1] != target.shape:
         raise ValueError(f"{what} needs logits of shape (*target.shape, classes), got pred {tuple(logits.shape)} "
                          f"and target {tuple(target.shape)}")
+    # Read on the host only where that costs no GPU synchronisation; on CUDA torch's own assert stands.
+    if target.device.type == "cpu" and target.numel():
+        low, high = int(target.min()), int(target.max())
+        if low < 0 or high >= logits.shape[-1]:
+            raise ValueError(f"{what}: the targets y must be class indices in [0, {logits.shape[-1]}) for the "
+                             f"model's {logits.shape[-1]} outputs, got values from {low} to {high}")
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean cross entropy; ``logits`` (..., C) with classes last, ``target`` (...) of class indices."""
     _check_classes(logits, target, "cross_entropy")
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1).long())
 
 
 def mse_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
