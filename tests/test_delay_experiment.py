@@ -95,6 +95,17 @@ def test_cli_refuses_a_learning_rate_that_is_not_positive(tmp_path, experiment, 
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("args, message", [
+    (["rt-scaling", "--lengths", "1"], "lengths must be >= 2, got [1]"),  # was a traceback
+    (["mackey-glass", "--theta", "inf"], "must be finite, got inf"),  # was a JSON error, after making a folder
+], ids=["rt-scaling-length-1", "mackey-glass-theta-inf"])
+def test_cli_refuses_other_bad_values_up_front(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["run", *args, "--quick", "--out-dir", str(tmp_path)])
+    text = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and message in text, text[-300:]
+    assert not any(tmp_path.iterdir())
+
+
 def test_resume_finds_the_run_with_the_same_settings(tmp_path):
     """A start that failed after making its folder (say, on missing data) is newer than the killed run: --resume
     picked it and refused, since its settings differed."""

@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -46,6 +47,12 @@ def test_sinusoid_bad_arguments():
         sinusoid_classification(1, 200, long=True)
     with pytest.raises(ValueError, match="n_per_class"):
         sinusoid_classification(0, 200)
+    # Each of these raised torch's own TypeError or RuntimeError, or (an int dtype) truncated the data silently.
+    for kwargs, match in ((dict(n_per_class=2.5), "n_per_class must be an int"), (dict(length=50.5), "length"),
+                          (dict(seed=None), "seed must be an int >= 0"), (dict(dtype=torch.int64), "dtype")):
+        with pytest.raises(ValueError, match=match):
+            sinusoid_classification(**{"n_per_class": 2, "length": 50, **kwargs})
+    assert sinusoid_classification(np.int64(2), 50, n_classes=3).values.shape == (6, 50, 1)  # numpy ints are ints
 
 
 def test_drop_mask_rate_and_minimum():

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 
 def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    """``value`` as an int (numpy's integers too) if it is one >= ``minimum``; else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})")
     if value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return value
+    return int(value)
 
 
 def _check_positive(name: str, value) -> float:

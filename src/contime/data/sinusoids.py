@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from .delay import _check_int
 from .irregular import IrregularData
 
 LONG_SWITCH = 250
@@ -30,8 +31,10 @@ def sinusoid_classification(n_per_class: int, length: int, *, n_classes: int = 1
                             seed: int = 0, dtype: torch.dtype = torch.float32) -> IrregularData:
     """``n_per_class * n_classes`` series of ``length`` points, classes interleaved (series i has class
     i % n_classes): values (N, L, 1), times (N, L) = linspace(0, 1, L), all points valid, labels (N,)."""
-    if n_per_class < 1 or n_classes < 1:
-        raise ValueError(f"n_per_class and n_classes must be >= 1, got {n_per_class}, {n_classes}")
+    n_per_class, n_classes = _check_int("n_per_class", n_per_class, 1), _check_int("n_classes", n_classes, 1)
+    length, seed = _check_int("length", length, 2), _check_int("seed", seed, 0)
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     if length < 2 or (long and length <= LONG_SWITCH + 1):
         need = LONG_SWITCH + 2 if long else 2
         raise ValueError(f"length must be >= {need}{' for the long variant' if long else ''}, got {length}")

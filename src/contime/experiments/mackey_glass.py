@@ -424,6 +424,8 @@ def command(
 ) -> None:
     """Mackey-Glass, 15 steps ahead: LSTM, LMU and hybrid (~18k parameters each); test NRMSE and s/epoch."""
     names = parse_names(models, MODELS)
+    if not math.isfinite(theta):  # typer's min lets inf through
+        raise typer.BadParameter(f"must be finite, got {theta}", param_hint="--theta")
     try:
         check_hidden_encoders(hidden_encoders)
     except ValueError as err:

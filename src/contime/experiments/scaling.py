@@ -204,8 +204,10 @@ def command(
     names = parse_names(models, MODELS)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise typer.BadParameter(f"{device!r} asked for, but CUDA is not available here", param_hint="--device")
-    config = {"experiment": EXPERIMENT, "quick": quick, "models": names,
-              "lengths": parse_ints(lengths, "--lengths") or (QUICK_LENGTHS if quick else FULL_LENGTHS),
+    chosen = parse_ints(lengths, "--lengths") or (QUICK_LENGTHS if quick else FULL_LENGTHS)
+    if min(chosen) < 2:  # a series needs two points for a path
+        raise typer.BadParameter(f"lengths must be >= 2, got {list(chosen)}", param_hint="--lengths")
+    config = {"experiment": EXPERIMENT, "quick": quick, "models": names, "lengths": chosen,
               "budget": budget, "n_series": N_SERIES, "batch_size": BATCH, "depth": 3, "n_windows": 32,
               "d_model": 32 if quick else 64, "contime_version": __version__}
     console = command_console()
