@@ -354,9 +354,9 @@ def verdict(results: list[dict[str, Any]]) -> dict[str, Any]:
         mean = {T: sum(v.values()) / len(v) for T, v in lstm.items()}
         growth = mean[high] / mean[low]
         out["lstm_growth"], out["lstm_grows"] = growth, growth >= GROWTH_FACTOR
-        parts.append(f"the LSTM's mean MSE {'grows' if out['lstm_grows'] else 'does NOT grow'} "
-                     f"{growth:.3g}x from T = {low:,} ({mean[low]:.3g}) to T = {high:,} ({mean[high]:.3g}; "
-                     f"needed {GROWTH_FACTOR:g}x)")
+        parts.append(f"the LSTM's mean MSE grows {growth:.3g}x from T = {low:,} ({mean[low]:.3g}) to T = {high:,} "
+                     f"({mean[high]:.3g}): {'at least' if out['lstm_grows'] else 'NOT the'} {GROWTH_FACTOR:g}x "
+                     f"needed")
     if out["lmu0_flat"] is None or out["lstm_grows"] is None:
         out["holds"] = None
         head = "Verdict: not decidable (needs LMU-0 and the LSTM at two T values or more)"

@@ -225,7 +225,8 @@ def results_table(summary: dict[str, dict[str, float]], title: str) -> Table:
         table.add_column(column, justify="left" if column == "model" else "right")
     for name, s in summary.items():
         memory = "-" if s["peak_step_memory_mb"] is None else f"{s['peak_step_memory_mb']:.1f}"
-        table.add_row(name, f"{s['params']:,}", f"{100 * s['mean']:.2f} +- {100 * s['std']:.2f}%",
+        spread = f" +- {100 * s['std']:.2f}" if s["n_seeds"] > 1 else ""  # one seed has no spread to show
+        table.add_row(name, f"{s['params']:,}", f"{100 * s['mean']:.2f}{spread}%",
                       str(s["n_seeds"]), ",".join(map(str, s["epochs"])), f"{s['seconds_per_epoch']:.2f}", memory)
     return table
 
