@@ -172,6 +172,9 @@ def test_x_in_another_dtype_than_the_weights_is_refused():
     with pytest.raises(TypeError, match="x_t has dtype bfloat16"):
         lmu.step(x[:, 0].bfloat16())
     assert lmu.double()(x.double())[0].dtype == torch.float64
+    lmu.float().hidden_cell.double()  # a half-converted layer failed inside torch
+    with pytest.raises(TypeError, match=r"mixed dtypes \(input_kernel float32, hidden_cell float64\)"):
+        lmu(x)
     # Only theta (read in float64 anyway): any float dtype runs.
     memory_only = contime.LMU(1, 1, 4, 5.0, input_kernel=False)
     assert memory_only(x.double())[0].dtype == torch.float64

@@ -508,20 +508,24 @@ class LMU(nn.Module):
         autocast, which casts each product itself. Otherwise the first product fails deep inside torch."""
         if torch.is_autocast_enabled(x.device.type):
             return
-        weight = self._first_weight()
-        if weight is not None and x.dtype != weight.dtype:
+        weights = self._first_weights()
+        if len({w.dtype for _, w in weights}) > 1:
+            listed = ", ".join(f"{part} {str(w.dtype).replace('torch.', '')}" for part, w in weights)
+            raise TypeError(f"the layer's weights come in mixed dtypes ({listed}): convert the whole layer, "
+                            f"lmu.to(dtype)")
+        if weights and x.dtype != weights[0][1].dtype:
             raise TypeError(f"{name} has dtype {str(x.dtype).replace('torch.', '')}, but the layer's weights are "
-                            f"{str(weight.dtype).replace('torch.', '')}: convert one to the other (x.to(dtype) or "
-                            f"lmu.to(dtype)), or use torch.autocast")
+                            f"{str(weights[0][1].dtype).replace('torch.', '')}: convert one to the other "
+                            f"(x.to(dtype) or lmu.to(dtype)), or use torch.autocast")
 
-    def _first_weight(self) -> torch.Tensor | None:
-        """The first weight that x (or the memory, in x's dtype) meets: the input kernel, else the hidden cell's
-        first floating-point parameter; None for a bare memory (its theta is read in float64 whatever x is)."""
-        if self.input_kernel is not None:
-            return self.input_kernel
+    def _first_weights(self) -> list[tuple[str, torch.Tensor]]:
+        """The weights that x (or the memory, in x's dtype) meets first: the input kernel, and the hidden cell's
+        first floating-point parameter; none for a bare memory (its theta is read in float64 whatever x is)."""
+        weights = [] if self.input_kernel is None else [("input_kernel", self.input_kernel)]
         if self.hidden_cell is not None:
-            return next((p for p in self.hidden_cell.parameters() if p.is_floating_point()), None)
-        return None
+            first = next((p for p in self.hidden_cell.parameters() if p.is_floating_point()), None)
+            weights += [] if first is None else [("hidden_cell", first)]
+        return weights
 
     @staticmethod
     def _check_lengths(lengths, batch: int, time: int, device) -> torch.Tensor | None:
