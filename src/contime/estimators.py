@@ -42,9 +42,11 @@ from aeon.regression import BaseRegressor
 from sklearn.utils import check_random_state
 from torch import nn
 
+from .data.delay import _check_int
 from .lmu import LMU
 from .rough_transformer import RoughTransformer
 from .signatures import SignatureConfig, precompute_features
+from .training.distributed import resolve_device
 
 __all__ = ["LMUClassifier", "LMURegressor", "RoughTransformerClassifier", "RoughTransformerRegressor"]
 
@@ -116,18 +118,22 @@ class _NetworkEstimator:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if not float(self.lr) > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        self._device()
+
+    def _device(self) -> torch.device:
+        """``device`` as the training engine reads it ("cpu", "cuda", "cuda:N" or "auto"), checked there."""
         try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got {self.device!r}") from err
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device is {self.device!r}, but CUDA is not available here")
+            return resolve_device(self.device)
+        except (ValueError, AttributeError) as err:  # AttributeError: not a string
+            raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got {self.device!r}: "
+                             f"{err}") from err
 
     def _inputs(self, X) -> list[torch.Tensor]:
         """aeon's inner X -> the network's input tensors on ``self.device``, standardised with fit's statistics."""
         values, lengths = _padded(X)
         values = (values - self.channel_mean_) / self.channel_std_
-        return [t.to(self.device) for t in self._encode(values, lengths)]
+        device = self._device()
+        return [t.to(device) for t in self._encode(values, lengths)]
 
     def _forward(self, network: nn.Module, inputs: list[torch.Tensor]) -> torch.Tensor:
         return network(*inputs)
@@ -138,7 +144,7 @@ class _NetworkEstimator:
         values, lengths = _padded(X)
         self.channel_mean_, self.channel_std_ = _channel_statistics(values)
         seed = _seed_from(self.random_state)
-        device = torch.device(self.device)
+        device = self._device()
         # fork_rng: seeding here must not reset the user's global torch random state.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)  # initial weights and dropout masks
@@ -261,9 +267,7 @@ class _LMUEstimator(_NetworkEstimator):
         if self.hidden_cell not in HIDDEN_CELLS:
             raise ValueError(f"hidden_cell must be one of {HIDDEN_CELLS}, got {self.hidden_cell!r}")
         for name in ("order", "hidden_size"):  # the LMU would name them otherwise (hidden_size as hidden_cell)
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            _check_int(name, getattr(self, name), 1)
         # theta defaults to the longest training series, so the memory's window covers every series.
         self.theta_ = float(self.theta if self.theta is not None else lengths.max())
         self.memory_d_ = int(self.memory_d if self.memory_d is not None else n_channels)
@@ -313,7 +317,7 @@ class LMUClassifier(_ClassifierTask, _LMUEstimator, BaseClassifier):
     random_state : int, RandomState or None, default=None
         Seeds the initial weights, dropout and the shuffling; with an int, fit is repeatable (on the CPU).
     device : str, default="cpu"
-        Torch device for training and prediction.
+        Torch device for training and prediction: "cpu", "cuda", "cuda:N" or "auto" (CUDA where there is one).
     verbose : bool, default=False
         Print the training loss after each epoch.
 
@@ -474,7 +478,8 @@ class RoughTransformerClassifier(_ClassifierTask, _RoughTransformerEstimator, Ba
     random_state : int, RandomState or None, default=None
         Seeds the initial weights, dropout and the shuffling; with an int, fit is repeatable (on the CPU).
     device : str, default="cpu"
-        Torch device for training and prediction (the signatures are computed on the CPU).
+        Torch device for training and prediction ("cpu", "cuda", "cuda:N" or "auto"); the signatures are computed
+        on the CPU.
     verbose : bool, default=False
         Print the training loss after each epoch.
 

@@ -98,6 +98,9 @@ def _check_state_tensor(name: str, value, shape: tuple, layout: str, like: torch
         raise ValueError(f"{name} must be on x's device {like.device}, got {value.device}")
 
 
+_SMALL = 1 << 16  # elements: _check_finite concatenates tensors up to this size
+
+
 def _check_finite(named: list[tuple[str, torch.Tensor]]) -> None:
     """Raise naming the first of ``named`` that holds NaN or Inf. One host read for all of them (on a GPU, each
     read waits for the stream), and none where values cannot be read (``can_read_values``)."""
@@ -109,13 +112,8 @@ def _check_finite(named: list[tuple[str, torch.Tensor]]) -> None:
     finite = [torch.isfinite(tensor).all() for _, tensor in named if tensor.numel() > _SMALL]
     if small:
         finite.append(torch.isfinite(torch.cat(small) if len(small) > 1 else small[0]).all())
-    for flag in finite[1:]:
-        finite[0] = finite[0] & flag
-    if not bool(finite[0]):
+    if not bool(finite[0] if len(finite) == 1 else torch.stack(finite).all()):
         raise ValueError(f"{next(n for n, t in named if not bool(torch.isfinite(t).all()))} contains NaN or Inf")
-
-
-_SMALL = 1 << 16  # elements: _check_finite concatenates tensors up to this size
 
 
 def _refuse_dt_under_vmap(dt) -> None:
@@ -400,28 +398,26 @@ class LMU(nn.Module):
         """Whether a module that ``mode`` computes from its weights, without calling it, has forward hooks or
         pre-hooks of its own: the whole cell for torch's cells; for a feedforward part that starts with
         ``nn.Linear`` (folded in "fft"), that Linear and the ``nn.Sequential`` around it, since the modules after
-        it are still called."""
-        if not self._reads_cell_weights(mode):
-            return False
+        it are still called. For a ``mode`` that reads the cell's weights (``_reads_cell_weights``): both callers
+        ask that first."""
         cell = self.hidden_cell
         leading = _leading_linear(cell) if mode == "fft" else None  # None for torch's cells
         modules = {cell, leading[0]} if leading is not None else set(cell.modules())
         return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
-    def _refuse_skipped_hooks(self, mode: str) -> None:
-        """An explicit mode that reads the cell's weights would skip the cell's own hooks without a word (an
-        old-style weight_norm would then train on a stale weight): refuse, naming the way out. Global hooks,
+    def _refuse_skipping_the_cell(self, mode: str, x: torch.Tensor) -> None:
+        """Where ``mode="auto"`` would call the cell step by step (``_needs_cell_calls``), an explicit mode that
+        reads the cell's weights refuses, naming the way out: the cell's own hooks would be skipped without a word
+        (an old-style weight_norm would then train on a stale weight), and its autograd nodes have no
+        forward-mode AD or vmap rule (torch's message would speak of autograd.Function internals). Global hooks,
         which tools register for every module, are left to them."""
-        if self.mode != "auto" and self._bypassed_modules_have_hooks(mode):
+        if self.mode == "auto" or not self._reads_cell_weights(mode):
+            return
+        if self._bypassed_modules_have_hooks(mode):
             raise ValueError(f"mode={mode!r} computes hidden_cell from its weights without calling it, so the "
                              f"forward hooks on hidden_cell (or a module in it) would not run; use "
                              f"mode='recurrent', or mode='auto', which calls a hooked cell step by step")
-
-    def _refuse_transforms(self, mode: str, x: torch.Tensor) -> None:
-        """An explicit mode whose autograd nodes have no forward-mode AD or vmap rule: say so, rather than leave it
-        to torch's message about autograd.Function internals."""
-        if self.mode != "auto" and self._reads_cell_weights(mode) and under_transform(
-                x, *self.hidden_cell.parameters()):
+        if under_transform(x, *self.hidden_cell.parameters()):
             raise ValueError(f"mode={mode!r} has no forward-mode AD or torch.func (vmap, jvp, jacfwd) rule for "
                              f"hidden_cell; use mode='recurrent', or mode='auto', which takes the loop there")
 
@@ -872,8 +868,7 @@ class LMU(nn.Module):
         mode = "varying" if time_scale is None else self.resolve_mode(x.device, padded=lengths is not None)
         if self.mode == "auto" and self._needs_cell_calls(mode, x):
             mode = "recurrent"
-        self._refuse_skipped_hooks(mode)
-        self._refuse_transforms(mode, x)
+        self._refuse_skipping_the_cell(mode, x)
         if mode == "fused" and self._fused_unsupported(lengths):
             if self.mode == "fused":
                 raise ValueError(f"mode='fused' does not support {self._fused_unsupported(lengths)}; "

@@ -50,7 +50,7 @@ import numpy as np
 import scipy.signal
 import torch
 
-from .data.delay import band_limited_noise
+from .data.delay import _check_int, band_limited_noise
 from .legendre import discretize, legendre_readout, legt_matrices, power_sequence
 
 NEURONS = ("poisson", "rate")
@@ -295,10 +295,8 @@ class SpikingLMUMemory:
             n_eval = eval_points.shape[0]
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
         self.order, self.n_neurons, self.neuron, self.mapping = order, n_neurons, neuron, mapping
-        self.readout_tau, self.n_eval, self.seed = float(readout_tau), n_eval, int(seed)
+        self.readout_tau, self.n_eval, self.seed = float(readout_tau), n_eval, _check_int("seed", seed, 0)
         self.device, self.dtype = torch.device(device), dtype
         self.sampler = sampler
         self.radius = self._default_radius() if radius is None else _check_positive("radius", radius)

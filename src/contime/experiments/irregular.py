@@ -47,7 +47,7 @@ from ..training import TrainConfig, Trainer
 from ..training.distributed import resolve_device
 from ..training.memory import peak_tensor_bytes
 from .rundir import (OUT_DIR_OPTION, QUIET_OPTION, RESUME_OPTION, RUN_DIR_OPTION, command_console, experiment_command,
-                     open_run_dir, parse_names, parse_seeds, write_metrics)
+                     open_run_dir, parse_names, parse_seeds, positive_lr, write_metrics)
 
 MODELS = ("RT", "Transformer", "GRU", "NCDE", "LMU", "LMU-dt")
 TASKS = ("sinusoid", "sinusoid-long", "uea")
@@ -386,7 +386,8 @@ def _command(task: str):
         length: Optional[int] = typer.Option(None, "--length", min=2, help="Points per sinusoid series."),
         n_per_class: Optional[int] = typer.Option(None, "--n-per-class", min=4, help="Sinusoid series per class."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default 32."),
-        lr: Optional[float] = typer.Option(None, "--lr", help="Peak Adam learning rate (> 0; default 1e-3)."),
+        lr: Optional[float] = typer.Option(None, "--lr", callback=positive_lr,
+                                           help="Peak Adam learning rate (> 0; default 1e-3)."),
         n_windows: Optional[int] = typer.Option(None, "--windows", min=1, help="RT tokens per series (default 32)."),
         depth: Optional[int] = typer.Option(None, "--depth", min=1, help="RT signature depth (default 3)."),
         univariate: Optional[bool] = typer.Option(None, "--univariate/--multivariate",
@@ -407,8 +408,6 @@ def _command(task: str):
         quiet: bool = QUIET_OPTION,
         out_dir: str = OUT_DIR_OPTION,
     ) -> None:
-        if lr is not None and not lr > 0:
-            raise typer.BadParameter(f"must be > 0, got {lr}", param_hint="--lr")
         if dataset is not None and task != "uea":
             raise typer.BadParameter("only `contime run uea` takes a dataset", param_hint="--dataset")
         if drop_mode not in DROP_MODES:

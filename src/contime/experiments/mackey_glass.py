@@ -70,7 +70,7 @@ from ..lmu import LMU
 from ..training import TrainConfig, Trainer, count_parameters, predict
 from ..training.trainer import name_has_suffix
 from .rundir import (OUT_DIR_OPTION, QUIET_OPTION, RESUME_OPTION, RUN_DIR_OPTION, command_console, experiment_command,
-                     open_run_dir, parse_names, write_metrics)
+                     open_run_dir, parse_names, positive_lr, write_metrics)
 
 EXPERIMENT = "mackey-glass"
 MODELS = ("LSTM", "LMU", "hybrid")
@@ -398,8 +398,8 @@ def command(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help=f"Default {FULL['epochs']}."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
                                              help=f"Training windows per step (default {FULL['batch_size']})."),
-    lr: Optional[float] = typer.Option(None, "--lr", help=f"Peak Adam learning rate (> 0; default {FULL['lr']:g}; "
-                                       "cosine decay)."),
+    lr: Optional[float] = typer.Option(None, "--lr", callback=positive_lr,
+                                       help=f"Peak Adam learning rate (> 0; default {FULL['lr']:g}; cosine decay)."),
     window: Optional[int] = typer.Option(None, "--window", min=2, help=f"Training window in steps (default "
                                          f"{FULL['window']})."),
     burn_in: Optional[int] = typer.Option(None, "--burn-in", min=0, help=f"Warm-up steps before each training "

@@ -52,7 +52,7 @@ from ..data.mnist import (download_mnist, load_fashion_mnist, load_mnist5k, load
 from ..lmu import LMU
 from ..training import TrainConfig, Trainer, count_parameters, resolve_device
 from .rundir import (OUT_DIR_OPTION, QUIET_OPTION, RESUME_OPTION, RUN_DIR_OPTION, command_console, experiment_command,
-                     open_run_dir, parse_names, write_json_atomic, write_metrics)
+                     open_run_dir, parse_names, positive_lr, write_json_atomic, write_metrics)
 
 EXPERIMENT = "psmnist"
 MODELS = ("lmu", "plmu", "lstm", "lstm-plmu")
@@ -216,8 +216,6 @@ def load_psmnist(dataset: str, permutation: torch.Tensor, *, data_dir: str | Non
     """Permuted pixel sequences ``(N, 784, 1)`` float32 in [0, 1] and labels, split into train / val / test."""
     try:
         split, source = load_images(dataset, data_dir, download, seed)
-    except PsmnistError:
-        raise
     except (OSError, ValueError) as err:  # corrupt or truncated files, a CSV of other columns, too few images
         raise PsmnistError(f"could not load --dataset {dataset}: {err}") from err
     limits = (QUICK_TRAIN, QUICK_VAL, QUICK_TEST) if quick else (None, None, None)
@@ -378,7 +376,7 @@ def command(
     models: str = typer.Option(",".join(MODELS), "--models", help=f"Comma-separated, among {', '.join(MODELS)}."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs per model (default 10; 1 with --quick)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default 100 (the papers')."),
-    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (constant, > 0)."),
+    lr: float = typer.Option(1e-3, "--lr", callback=positive_lr, help="Adam learning rate (constant, > 0)."),
     dropout: float = typer.Option(0.0, "--dropout", min=0.0, max=0.99, help="Dropout on the parallel LMU's hidden layer."),
     max_steps_per_epoch: Optional[int] = typer.Option(None, "--max-steps-per-epoch", min=1,
                                                       help="Cap the optimizer steps of an epoch."),

@@ -165,7 +165,8 @@ def open_run_dir(experiment: str, config: dict[str, Any], base_dir: str | os.Pat
         runs = sorted(p for p in (Path(base_dir) / experiment).glob("*") if (p / "config.json").is_file())
         if not runs:
             raise FileNotFoundError(f"resume: no run of {experiment!r} with a config.json under {base_dir}")
-        same = [p for p in runs if _stored_config(p) == _as_json(config)]
+        wanted = _as_json(config)
+        same = [p for p in runs if _stored_config(p) == wanted]
         path = (same or runs)[-1]  # none the same: the newest, whose differing keys the error names
     stored_file = path / "config.json"
     if not stored_file.is_file():
@@ -207,6 +208,14 @@ def experiment_command(console: Console, threads: int | None, *errors: type[Exce
         raise typer.Exit(code=2)
     finally:
         torch.set_num_threads(previous)
+
+
+def positive_lr(value: float | None) -> float | None:
+    """typer callback of every command's ``--lr``: a learning rate must be > 0 (0 trains nothing; typer's ``min``
+    would let 0 through, and a check inside a run comes after its folder is made)."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be > 0, got {value}")
+    return value
 
 
 # Command-line options every experiment command shares (typer reads these as parameter defaults).

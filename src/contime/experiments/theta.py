@@ -55,7 +55,8 @@ from .. import __version__
 from ..data.delay import band_limited_noise
 from ..legendre import legendre_readout
 from ..lmu import LMU
-from .rundir import OUT_DIR_OPTION, command_console, experiment_command, open_run_dir, result_record, write_metrics
+from .rundir import (OUT_DIR_OPTION, command_console, experiment_command, open_run_dir, positive_lr, result_record,
+                     write_metrics)
 
 EXPERIMENT = "theta"
 STARTS = {"below": 0.1, "above": 10.0}  # initial theta as a multiple of the true delay
@@ -308,8 +309,9 @@ def command(
     order: Optional[int] = typer.Option(None, "--order", min=1, help=f"Memory order (default {FULL['order']})."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help=f"Adam steps per start (default "
                                         f"{FULL['steps']})."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak relative step (> 0): the theta group's learning "
-                                       f"rate is lr * theta (default {FULL['lr']:g})."),
+    lr: Optional[float] = typer.Option(None, "--lr", callback=positive_lr,
+                                       help=f"Peak relative step (> 0): the theta group's learning rate is lr * theta "
+                                       f"(default {FULL['lr']:g})."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Fresh sequences per step."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seeds the noise."),
     threads: int = typer.Option(1, "--threads", min=0, help="torch CPU threads during the run (0: torch's default)."),
@@ -318,8 +320,6 @@ def command(
     out_dir: str = OUT_DIR_OPTION,
 ) -> None:
     """Learn theta by backprop: from 10x too small and 10x too large, theta moves to the task's delay."""
-    if lr is not None and not lr > 0:  # 0 would leave theta where it starts
-        raise typer.BadParameter(f"must be > 0, got {lr}", param_hint="--lr")
     config = make_config(quick, delay=delay, order=order, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
     try:
         check_config(config)

@@ -41,7 +41,7 @@ def _check_classes(logits: torch.Tensor, target: torch.Tensor, what: str) -> Non
                          f"and target {tuple(target.shape)}")
     # Read on the host only where that costs no GPU synchronisation; on CUDA torch's own assert stands.
     if target.device.type == "cpu" and target.numel():
-        low, high = int(target.min()), int(target.max())
+        low, high = map(int, torch.aminmax(target))
         if low < 0 or high >= logits.shape[-1]:
             raise ValueError(f"{what}: the targets y must be class indices in [0, {logits.shape[-1]}) for the "
                              f"model's {logits.shape[-1]} outputs, got values from {low} to {high}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from ..backward import refuse_double_backward
+
 
 class _PersistentElman(torch.autograd.Function):
     @staticmethod
@@ -20,8 +22,7 @@ class _PersistentElman(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_outputs):
-        if torch.is_grad_enabled():  # create_graph=True: the saved tensors carry no graph, so refuse
-            raise RuntimeError("the Elman recurrence has no double backward (create_graph=True); use mode='recurrent'")
+        refuse_double_backward("Elman recurrence", "recurrent")
         from ..lmu_cell.convolution_triton import elman_backward
         H_ext, weight_hh = ctx.saved_tensors
         need = ctx.needs_input_grad

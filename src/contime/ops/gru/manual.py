@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ..backward import refuse_double_backward
 from ..recurrence import check_same_dtype, in_place_activation, recurrent_weight_gradient
 
 
@@ -52,8 +53,7 @@ class _GRURecurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_outputs):
-        if torch.is_grad_enabled():  # create_graph=True: the saved tensors carry no graph, so refuse
-            raise RuntimeError("the GRU recurrence has no double backward (create_graph=True); use mode='recurrent'")
+        refuse_double_backward("GRU recurrence", "recurrent")
         with torch.autocast(grad_outputs.device.type, enabled=False):  # the products in the inputs' dtype
             outputs, gates, recurrent_n, weight_hh, h0, valid = ctx.saved_tensors
             time, batch, hidden = outputs.shape

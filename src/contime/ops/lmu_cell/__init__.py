@@ -28,6 +28,7 @@ import importlib
 
 import torch
 
+from ..backward import refuse_double_backward
 from ..triton_env import interpreting, triton_available
 
 BACKENDS = ("auto", "torch", "triton")
@@ -79,12 +80,10 @@ class _LMUCellSequence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_hs, grad_ms):
-        if torch.is_grad_enabled():  # create_graph=True: the saved buffers carry no graph, so refuse
-            raise RuntimeError("the fused LMU cell has no double backward (create_graph=True); "
-                               "use mode='recurrent'")
+        refuse_double_backward("fused LMU cell", "recurrent")
+        H_ext, M_ext, U, A_T, Bm, E_h, E_m, W_m, W_h = ctx.saved_tensors
         # The cell's dtype even where backward runs inside an autocast region (its products would be cast).
-        with torch.autocast(ctx.saved_tensors[0].device.type, enabled=False):
-            H_ext, M_ext, U, A_T, Bm, E_h, E_m, W_m, W_h = ctx.saved_tensors
+        with torch.autocast(H_ext.device.type, enabled=False):
             if grad_hs is None:
                 grad_hs = torch.zeros_like(H_ext[1:])
             core = core_module(ctx.backend)

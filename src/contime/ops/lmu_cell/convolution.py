@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import torch
 
+from ..backward import refuse_double_backward
 from ..lmu_memory.fft import toeplitz_kernel_gradient
 from . import PRECISIONS, _check, check_same_place, check_sequences, core_arguments, core_module, resolve_backend
 
@@ -51,12 +52,10 @@ class _ConvolutionCell(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_hs, grad_us):
-        if torch.is_grad_enabled():  # create_graph=True: the saved buffers carry no graph, so refuse
-            raise RuntimeError("the fused LMU cell has no double backward (create_graph=True); "
-                               "use mode='recurrent'")
+        refuse_double_backward("fused LMU cell", "recurrent")
+        H_ext, U, K, E_h, W_h = ctx.saved_tensors
         # The cell's dtype even where backward runs inside an autocast region (its products would be cast).
-        with torch.autocast(ctx.saved_tensors[0].device.type, enabled=False):
-            H_ext, U, K, E_h, W_h = ctx.saved_tensors
+        with torch.autocast(H_ext.device.type, enabled=False):
             if grad_hs is None:
                 grad_hs = torch.zeros_like(H_ext[1:])
             core = core_module(ctx.backend, "convolution")

@@ -31,6 +31,7 @@ import functools
 
 import torch
 
+from ..backward import refuse_double_backward
 from .common import check_causal_product_operands, matmul_precision, memory_from_causal_product
 from .fft import toeplitz_kernel_gradient
 
@@ -94,8 +95,7 @@ class _BlockGemmToeplitz(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        if torch.is_grad_enabled():
-            raise RuntimeError("the block-GEMM memory has no double backward (create_graph=True); use mode='fft'")
+        refuse_double_backward("block-GEMM memory", "fft")
         u, kernel = ctx.saved_tensors
         grad = grad.to(u.dtype)  # the gradient of an autocast region may come back in its dtype
         batch, time, D = u.shape

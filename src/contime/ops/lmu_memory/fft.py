@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ...legendre import impulse_response
+from ..backward import refuse_double_backward
 from .common import expand_dims, zero_input_response
 
 
@@ -70,8 +71,7 @@ class _CausalConvFFT(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        if torch.is_grad_enabled():  # create_graph=True: the saved tensors carry no graph, so refuse
-            raise RuntimeError("the FFT convolution has no double backward (create_graph=True); use mode='recurrent'")
+        refuse_double_backward("FFT convolution", "recurrent")
         U, K = ctx.saved_tensors
         time, n_fft = ctx.shape
         # Correlation = convolution with the conjugate spectrum; the zero padding keeps it acyclic.

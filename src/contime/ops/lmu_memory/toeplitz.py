@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..backward import refuse_double_backward
 from ..triton_env import interpreting, launch_device
 from .common import check_causal_product_operands, memory_from_causal_product
 from .dispatch import MAX_ROWS
@@ -177,8 +178,7 @@ class _CausalToeplitz(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad):
-        if torch.is_grad_enabled():
-            raise RuntimeError("the Toeplitz memory has no double backward (create_graph=True); use mode='fft'")
+        refuse_double_backward("Toeplitz memory", "fft")
         u, kernel = ctx.saved_tensors
         batch, time, D = u.shape
         C = kernel.shape[1]
